@@ -1,0 +1,195 @@
+"""The inference engine: prompt ids → a stream of new ids (and text), with a KV cache.
+
+Design choices (after gpt-fast):
+- two small pure functions do the model work, each testable and compilable alone: `prefill` runs the
+  whole prompt once and fills the cache, `decode_one_token` feeds one token at its position and returns
+  the logits of the next; `forge.infer.sampling.sample` picks the token;
+- the cache is allocated once per request for prompt + max_new_tokens tokens, capped at the model's
+  context, so decoding never reallocates;
+- generation ends, with `finish_reason`, on an end-of-sequence id ("stop"; the id is not yielded), after
+  `max_new_tokens` ("length"), or when the context is full ("length"): no sliding window, the model is
+  never asked about positions it was not trained on;
+- `Generation` is an iterator of ids that keeps its own `torch.Generator` (reproducible with a seed) and
+  records finish reason and speeds; model calls run under `torch.inference_mode()` step by step, never
+  across a `yield`, so the caller's code between tokens keeps its own autograd mode;
+- `generate_text` starts the prompt with EOS, the token that precedes every document in pretraining
+  shards (shards hold documents each followed by EOS; BOS never occurs there), and stops on EOS or
+  end-of-turn; its text pieces come from `forge.infer.detok.StreamDecoder`, whole characters only.
+"""
+
+import secrets
+import time
+from collections.abc import Collection, Iterator
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from forge.errors import ForgeError
+from forge.infer.detok import StreamDecoder
+from forge.infer.kv_cache import KVCache
+from forge.infer.sampling import SamplingConfig, sample
+
+if TYPE_CHECKING:
+    from forge.model.transformer import Transformer
+    from forge.tokenizer.bpe import Tokenizer
+
+FinishReason = Literal["stop", "length"]
+
+
+def prefill(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Run prompts (B, T) at positions 0..T-1, filling `cache`; return the last position's logits (B, V)."""
+    B, T = input_ids.shape
+    positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, T), one row shared by all
+    logits = model(input_ids, positions=positions, cache=cache)  # (B, T, V)
+    return logits[:, -1]
+
+
+def decode_one_token(
+    model: nn.Module, token: torch.Tensor, position: torch.Tensor, cache: KVCache
+) -> torch.Tensor:
+    """Feed tokens (B,) at positions (B,), adding them to `cache`; return the next-token logits (B, V)."""
+    logits = model(token[:, None], positions=position[:, None], cache=cache)  # (B, 1, V)
+    return logits[:, -1]
+
+
+class Generation:
+    """One request in progress: iterate it for new token ids; `finish_reason` and speeds are set at the end.
+
+    Attributes: `prompt_tokens`, `generated_tokens`, `finish_reason` ("stop" | "length", None until the
+    end), `seed` (the one used, to reproduce a sample), `prompt_tokens_per_s` (prefill, first token
+    included) and `tokens_per_s` (decode steps; time the caller spends between tokens is not counted).
+    """
+
+    def __init__(
+        self,
+        model: "Transformer",
+        prompt_ids: list[int],
+        config: SamplingConfig,
+        *,
+        eos_ids: Collection[int],
+        device: torch.device,
+    ) -> None:
+        self.model, self.config, self.device = model, config, device
+        self.eos_ids = frozenset(eos_ids) if config.stop_on_eos else frozenset()
+        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
+        self.generated_tokens = 0
+        self.finish_reason: FinishReason | None = None
+        self.prompt_tokens_per_s = 0.0
+        self.tokens_per_s = 0.0
+        self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        self._ids = self._run()
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        return next(self._ids)
+
+    @torch.inference_mode()
+    def _prefill(self) -> int:
+        """Allocate the cache, run the prompt, sample the first new token."""
+        max_seq_len = min(self.prompt_tokens + self.config.max_new_tokens, self.model.config.context_length)
+        self.cache = KVCache.for_model(self.model, batch_size=1, max_seq_len=max_seq_len)
+        prompt = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # (1, P)
+        logits = prefill(self.model, prompt, self.cache)  # (1, V)
+        return int(sample(logits, self.config, self.generator))
+
+    @torch.inference_mode()
+    def _decode(self, token_id: int, position: int) -> int:
+        """Feed `token_id` at `position`, sample the token after it."""
+        token = torch.tensor([token_id], dtype=torch.long, device=self.device)  # (1,)
+        at = torch.tensor([position], dtype=torch.long, device=self.device)  # (1,)
+        logits = decode_one_token(self.model, token, at, self.cache)  # (1, V)
+        return int(sample(logits, self.config, self.generator))  # int() waits for the device
+
+    def _run(self) -> Iterator[int]:
+        started = time.perf_counter()
+        token_id = self._prefill()
+        self.prompt_tokens_per_s = self.prompt_tokens / (time.perf_counter() - started)
+        position, decode_seconds = self.prompt_tokens, 0.0  # position: where token_id would be fed
+        while token_id not in self.eos_ids:
+            self.generated_tokens += 1
+            yield token_id
+            if self.generated_tokens == self.config.max_new_tokens or position == self.cache.max_seq_len:
+                self.finish_reason = "length"
+                return
+            started = time.perf_counter()
+            token_id = self._decode(token_id, position)
+            decode_seconds += time.perf_counter() - started
+            position += 1
+            self.tokens_per_s = self.generated_tokens / decode_seconds  # decode steps so far
+        self.finish_reason = "stop"
+
+
+def _check_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
+    if not prompt_ids:
+        raise ForgeError("the prompt has no tokens; give at least one (e.g. start it with the EOS/BOS id)")
+    if len(prompt_ids) > context_length:
+        raise ForgeError(
+            f"the prompt has {len(prompt_ids)} tokens but the model's context holds {context_length}; "
+            f"shorten the prompt by at least {len(prompt_ids) - context_length} tokens, and leave room "
+            "for the --max-new-tokens you want generated"
+        )
+    bad = [i for i in prompt_ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ForgeError(
+            f"prompt token ids {bad[:5]} are outside the model's vocabulary of {vocab_size}; "
+            "was the prompt encoded with the tokenizer this model was trained with?"
+        )
+
+
+def generate_ids(
+    model: "Transformer",
+    prompt_ids: list[int],
+    config: SamplingConfig,
+    *,
+    eos_ids: Collection[int] = (),
+    device: torch.device | str | None = None,
+) -> Generation:
+    """Continue `prompt_ids` (at least one id); the returned `Generation` yields the new ids one by one.
+
+    Stops at any of `eos_ids` (not yielded; only if `config.stop_on_eos`), after `config.max_new_tokens`,
+    or when the model's context is full. `device` defaults to the model's.
+    """
+    _check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=device)
+
+
+class TextGeneration:
+    """Iterate for text pieces (whole characters); `generation` holds the ids' finish reason and speeds."""
+
+    def __init__(self, generation: Generation, token_bytes: list[bytes]) -> None:
+        self.generation = generation
+        self._pieces = self._run(StreamDecoder(token_bytes))
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _run(self, decoder: StreamDecoder) -> Iterator[str]:
+        for token_id in self.generation:
+            if text := decoder.push(token_id):
+                yield text
+        if text := decoder.flush():
+            yield text
+
+
+def generate_text(
+    model: "Transformer",
+    tokenizer: "Tokenizer",
+    prompt: str,
+    config: SamplingConfig,
+    *,
+    device: torch.device | str | None = None,
+) -> TextGeneration:
+    """Continue the text `prompt` as a new document; yields the generated text piece by piece."""
+    prompt_ids = [tokenizer.eos_id, *tokenizer.encode(prompt)]  # EOS: "a new document starts here"
+    eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
+    generation = generate_ids(model, prompt_ids, config, eos_ids=eos_ids, device=device)
+    return TextGeneration(generation, tokenizer.token_bytes())

@@ -1,0 +1,244 @@
+"""The one training loop, shared by every stage that trains a language model.
+
+    while step < max_steps and time is left:
+        evaluate / sample / checkpoint when due
+        accumulate gradients over `grad_accum` micro-batches (optional bf16 autocast)
+        clip, step the optimizer at the scheduled learning rate, log
+
+The caller supplies the model, the optimizer, a `next_batch` function, and optional `evaluate` and
+`sample` callbacks; the loop owns the schedule, logging, checkpoints and the progress bar. The loss is read
+back from the device only at logging steps, so the hot loop never waits on the host. Ctrl-C saves a
+checkpoint and returns, so no work since the last checkpoint is lost.
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from forge.errors import ConfigError
+from forge.train.checkpoint import save_checkpoint
+from forge.train.metrics import MetricsLog
+from forge.train.optim import lr_multiplier, set_lr
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Options of the training loop (optimisation, schedule, evaluation, checkpoints, hardware)."""
+
+    batch_size: int = 16
+    """sequences per micro-batch"""
+    seq_len: int = 0
+    """tokens per sequence; 0 = the model's context length"""
+    grad_accum: int = 1
+    """micro-batches accumulated per optimizer step (global batch = batch_size × grad_accum × seq_len)"""
+    max_steps: int = 200
+    """optimizer steps to train for"""
+    max_minutes: float = 0.0
+    """wall-clock budget in minutes (0 = none); the cosine schedule then follows whichever of steps or
+    time runs out first, so a time-bounded run still ends at the minimum learning rate"""
+    lr: float = 3e-3
+    """peak learning rate"""
+    min_lr_ratio: float = 0.1
+    """final learning rate as a fraction of the peak"""
+    warmup_steps: int = 20
+    """steps of linear warmup"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices and embeddings (not on norm gains)"""
+    beta1: float = 0.9
+    """AdamW β1"""
+    beta2: float = 0.95
+    """AdamW β2"""
+    grad_clip: float = 1.0
+    """clip the global gradient norm to this (0 = off)"""
+    eval_every: int = 100
+    """evaluate on the validation split every N steps (0 = only at the end)"""
+    eval_batches: int = 20
+    """batches per periodic evaluation (0 = the whole split); the final evaluation uses the whole split"""
+    sample_every: int = 0
+    """print a sample every N steps (0 = only at the end)"""
+    sample_prompt: str = "def "
+    """prompt for the periodic samples"""
+    log_every: int = 10
+    """log the training loss every N steps"""
+    checkpoint_every: int = 100
+    """save a resumable checkpoint every N steps (0 = only at the end)"""
+    keep_checkpoints: int = 2
+    """keep only the newest N checkpoints (0 = keep all)"""
+    dtype: str = "float32"
+    """compute dtype under autocast: float32, bfloat16 or float16 (weights and optimizer stay float32)"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps"""
+    threads: int = 0
+    """CPU threads for torch (0 = the cores this process may use)"""
+    seed: int = 0
+    """seed for initialisation and data order"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("seq_len", "eval_every", "eval_batches", "sample_every", "checkpoint_every", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio must be between 0 and 1, got {self.min_lr_ratio}")
+        if self.max_minutes < 0:
+            raise ConfigError(f"--max-minutes must be 0 (no limit) or positive, got {self.max_minutes}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return DTYPES[self.dtype]
+
+
+@dataclass
+class TrainState:
+    """What the loop needs to continue exactly where it stopped (saved in every checkpoint)."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    def progress(self, config: TrainConfig) -> float:
+        by_steps = self.step / config.max_steps
+        by_time = self.elapsed_s / (60 * config.max_minutes) if config.max_minutes else 0.0
+        return max(by_steps, by_time)
+
+
+def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting y from x."""
+    logits = model(x)  # (B, T, vocab)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    next_batch: Callable[[], Batch],
+    data_state: Callable[[], dict[str, Any]],
+    state: TrainState,
+    device: torch.device,
+    evaluate: Callable[[bool], dict[str, float]] | None = None,
+    sample: Callable[[], str] | None = None,
+    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
+) -> TrainState:
+    """Train until `max_steps` or `max_minutes`; returns the final state (also on Ctrl-C)."""
+    log = MetricsLog(Path(run_dir) / "metrics.jsonl", truncate_after_step=state.step)
+    bar = tqdm(total=None if config.max_minutes else config.max_steps, initial=state.step, unit="step", disable=not config.progress,
+               dynamic_ncols=True, smoothing=0.1)
+
+    last_saved = -1
+
+    def checkpoint() -> None:
+        nonlocal last_saved
+        if last_saved == state.step:
+            return
+        last_saved = state.step
+        payload = {"train_state": vars(state), "data": data_state()}
+        save_checkpoint(run_dir, step=state.step, model=model, optimizer=optimizer, state=payload,
+                        keep_last=config.keep_checkpoints)
+
+    def out_of_time() -> bool:
+        return config.max_minutes > 0 and state.elapsed_s >= 60 * config.max_minutes
+
+    model.train()
+    window_start, window_tokens = time.perf_counter(), 0
+    loss_sum = torch.zeros((), device=device)
+    try:
+        while state.step < config.max_steps and not out_of_time():
+            step_start = time.perf_counter()
+            if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
+                _log_eval(log, bar, state, evaluate(False))
+            if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
+                bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
+            lr = config.lr * lr_multiplier(state.step, state.progress(config),
+                                           warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio)
+            set_lr(optimizer, lr)
+            for _ in range(config.grad_accum):
+                x, y = next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=config.autocast_dtype or torch.float32,
+                                    enabled=config.autocast_dtype is not None):
+                    loss = loss_fn(model, x, y) / config.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+                window_tokens += x.numel()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens += config.grad_accum * x.numel()
+            state.elapsed_s += time.perf_counter() - step_start
+            bar.update(1)
+            if _due(state.step, config.log_every) or state.step == config.max_steps:
+                window_steps = config.log_every if _due(state.step, config.log_every) else state.step % config.log_every
+                train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
+                now = time.perf_counter()
+                tokens_per_s = window_tokens / (now - window_start)
+                log.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss, "lr": lr,
+                         "tokens_per_s": tokens_per_s, "elapsed_s": round(state.elapsed_s, 3)})
+                bar.set_postfix_str(_postfix(train_loss, tokens_per_s, state, config), refresh=False)
+                if config.max_minutes:  # the budget, not max_steps, decides when this run ends: show that
+                    left_s = max(0.0, 60 * config.max_minutes - state.elapsed_s)
+                    bar.total = min(config.max_steps, state.step + round(left_s * state.step / state.elapsed_s))
+                loss_sum.zero_()
+                window_start, window_tokens = now, 0
+                if not math.isfinite(train_loss):
+                    raise FloatingPointError(f"training loss became {train_loss} at step {state.step}; "
+                                             "lower --lr or use --dtype float32")
+            if _due(state.step, config.checkpoint_every):
+                checkpoint()
+    except KeyboardInterrupt:
+        state.interrupted = True
+        bar.write(f"interrupted at step {state.step}: saving a checkpoint; resume with --resume")
+    finally:
+        bar.close()
+    if evaluate is not None and not state.interrupted:
+        _log_eval(log, None, state, evaluate(True))
+    checkpoint()
+    log.close()
+    return state
+
+
+def _log_eval(log: MetricsLog, bar: tqdm | None, state: TrainState, result: dict[str, float]) -> None:
+    record = {"step": state.step, "tokens": state.tokens, "val_loss": result["loss"], "val_bpb": result["bpb"]}
+    log.log(record | {k: v for k, v in result.items() if k not in ("loss", "bpb")})
+    message = f"step {state.step}: val loss {result['loss']:.4f}, val bits/byte {result['bpb']:.4f}"
+    if bar is not None:
+        bar.write(message)
+    else:
+        print(message)
+
+
+def _postfix(loss: float, tokens_per_s: float, state: TrainState, config: TrainConfig) -> str:
+    text = f"loss {loss:.3f} | {tokens_per_s:,.0f} tok/s"
+    if config.max_minutes:
+        left = max(0.0, 60 * config.max_minutes - state.elapsed_s)
+        text += f" | {left / 60:.1f} min left of budget"
+    return text

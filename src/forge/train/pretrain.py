@@ -1,0 +1,185 @@
+"""Pretraining: next-token prediction on token shards, from scratch or resumed.
+
+Setup in the order it runs: runtime (threads, device, seed) → tokenizer and shards (checked to belong
+together) → model (preset + overrides, vocabulary from the tokenizer) → optimizer → resume → the one
+training loop → final evaluation on the whole validation split beside a unigram baseline → the run
+directory (`model.safetensors`, `config.json`, `tokenizer/`, `metrics.jsonl`, `loss.png`, `summary.json`).
+"""
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forge.config import to_dict
+from forge.data.shards import BatchLoader, TokenShards, iter_eval_batches
+from forge.errors import CheckpointError, ConfigError, DataError
+from forge.infer.engine import generate_text
+from forge.infer.sampling import SamplingConfig
+from forge.io import write_json
+from forge.model.config import ModelConfig
+from forge.model.io import save_model
+from forge.model.transformer import Transformer
+from forge.runtime import resolve_device, seed_everything, set_threads
+from forge.tokenizer.bpe import Tokenizer
+from forge.train.checkpoint import find_resumable, load_checkpoint
+from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
+from forge.train.loop import TrainConfig, TrainState, train
+from forge.train.metrics import plot_losses
+from forge.train.optim import build_optimizer
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(TrainConfig):
+    """Pretraining: the training-loop options plus data, output and model."""
+
+    data: str = "data/tokens"
+    """directory of token shards written by `forge data tokenize`"""
+    tokenizer: str = ""
+    """tokenizer directory written by `forge tokenizer train`; empty = the one the shards were made with,
+    as recorded in their meta.json"""
+    out: str = "runs/pretrain"
+    """run directory to write (model, config, metrics, plot, checkpoints)"""
+    resume: bool = False
+    """continue the run in --out from its newest valid checkpoint"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """model shape (set by --preset; the vocabulary size always comes from the tokenizer)"""
+
+
+def _padded_vocab(vocab_size: int) -> int:
+    # a multiple of 64 keeps the embedding and output matmuls on fast kernel paths
+    return (vocab_size + 63) // 64 * 64
+
+
+def _setup_model_config(config: PretrainConfig, tokenizer: Tokenizer, run_dir: Path) -> ModelConfig:
+    if config.resume:
+        saved = run_dir / "config.json"
+        if not saved.is_file():
+            raise CheckpointError(f"--resume: {saved} not found; start the run without --resume first")
+        return ModelConfig(**json.loads(saved.read_text())["model"])
+    return dataclasses.replace(config.model, vocab_size=_padded_vocab(tokenizer.vocab_size))
+
+
+def load_data(config: PretrainConfig) -> tuple[TokenShards, TokenShards, Tokenizer]:
+    """The train and val shards of `--data` and the tokenizer, checked to belong together."""
+    train_shards, val_shards = TokenShards(config.data, "train"), TokenShards(config.data, "val")
+    tokenizer_dir = config.tokenizer or train_shards.meta.get("tokenizer", "")
+    if not tokenizer_dir:
+        raise ConfigError(f"{config.data}/meta.json does not say which tokenizer made it; pass --tokenizer DIR")
+    tokenizer = Tokenizer.load(tokenizer_dir)
+    expected = train_shards.meta.get("tokenizer_fingerprint")
+    if expected and expected != tokenizer.fingerprint():
+        raise DataError(
+            f"{config.data} was tokenized with a different tokenizer than {tokenizer_dir} "
+            f"(fingerprint {expected} vs {tokenizer.fingerprint()}); pass the matching --tokenizer "
+            "or re-run `forge data tokenize`"
+        )
+    return train_shards, val_shards, tokenizer
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Train a model as configured; return the summary written to `summary.json`."""
+    started = time.perf_counter()
+    threads = set_threads(config.threads)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    run_dir = Path(config.out)
+    if not config.resume and (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+
+    train_shards, val_shards, tokenizer = load_data(config)
+    model_config = _setup_model_config(config, tokenizer, run_dir)
+    seq_len = config.seq_len or model_config.context_length
+    if seq_len > model_config.context_length:
+        raise ConfigError(f"--seq-len {seq_len} exceeds the model's context length {model_config.context_length}")
+    model = Transformer(model_config).to(device)
+    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
+                                betas=(config.beta1, config.beta2), device=device)
+    loader = BatchLoader(train_shards, config.batch_size, seq_len, seed=config.seed)
+    state = TrainState()
+    if config.resume:
+        checkpoint = find_resumable(run_dir)
+        if checkpoint is None:
+            raise CheckpointError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}")
+        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
+        state = TrainState(**saved["train_state"])
+        state.interrupted = False
+        loader.load_state_dict(saved["data"])
+        print(f"resuming from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
+    else:
+        _write_run_files(run_dir, config, model_config, tokenizer)
+
+    token_bytes = torch.from_numpy(tokenizer.token_byte_lengths().astype("int64"))
+    token_bytes = torch.nn.functional.pad(token_bytes, (0, model_config.vocab_size - len(token_bytes)))
+
+    def run_eval(final: bool) -> dict[str, float]:
+        limit = None if final or config.eval_batches == 0 else config.eval_batches
+        batches = iter_eval_batches(val_shards, config.batch_size, seq_len, max_batches=limit)
+        return evaluate(model, batches, token_bytes, device=device, autocast_dtype=config.autocast_dtype)
+
+    def run_sample() -> str:
+        return sample_text(model, tokenizer, config.sample_prompt, device=device)
+
+    n_params = model.num_parameters()
+    print(f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, dim {model_config.dim}, "
+          f"context {model_config.context_length} | data: {len(train_shards):,} train tokens | "
+          f"device {device}, {threads} threads, {config.dtype}")
+    state = train(model, optimizer, config, run_dir=run_dir, next_batch=loader.next_batch,
+                  data_state=loader.state_dict, state=state, device=device, evaluate=run_eval, sample=run_sample)
+    if state.interrupted:
+        return {"interrupted": True, "step": state.step}
+    return _finish(run_dir, model, tokenizer, config, state, train_shards, val_shards, seq_len, token_bytes,
+                   n_params, started)
+
+
+def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, *, device: torch.device,
+                max_new_tokens: int = 96, seed: int = 0) -> str:
+    """A short seeded sample from the model, prompt included."""
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+    return prompt + "".join(generate_text(model, tokenizer, prompt, sampling, device=device))
+
+
+def _write_run_files(run_dir: Path, config: PretrainConfig, model_config: ModelConfig, tokenizer: Tokenizer) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = run_dir / "tokenizer"
+    if tokenizer_dir.exists():
+        shutil.rmtree(tokenizer_dir)
+    tokenizer.save(tokenizer_dir)
+    write_json(run_dir / "config.json", {"model": to_dict(model_config), "train": to_dict(config)})
+
+
+def _finish(run_dir: Path, model: Transformer, tokenizer: Tokenizer, config: PretrainConfig, state: TrainState,
+            train_shards: TokenShards, val_shards: TokenShards, seq_len: int, token_bytes: torch.Tensor,
+            n_params: int, started: float) -> dict[str, Any]:
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    final_eval = next(r for r in reversed(metrics) if "val_loss" in r)
+    counts = unigram_counts(train_shards, model.config.vocab_size)
+    unigram = unigram_bpb(counts, iter_eval_batches(val_shards, config.batch_size, seq_len),
+                          token_bytes.numpy())
+    save_model(model, run_dir, extra_config={"train": to_dict(config)})
+    samples = {prompt: sample_text(model, tokenizer, prompt, device=next(model.parameters()).device)
+               for prompt in (config.sample_prompt,)}
+    summary = {
+        "steps": state.step,
+        "tokens": state.tokens,
+        "parameters": n_params,
+        "train_minutes": round(state.elapsed_s / 60, 3),
+        "wall_minutes": round((time.perf_counter() - started) / 60, 3),
+        "tokens_per_s": round(state.tokens / max(state.elapsed_s, 1e-9), 1),
+        "val_loss": final_eval["val_loss"],
+        "val_bpb": final_eval["val_bpb"],
+        "unigram_bpb": unigram,
+        "val_tokens": final_eval.get("tokens"),
+        "samples": samples,
+    }
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": state.step, "unigram_bpb": unigram}) + "\n")
+    write_json(run_dir / "summary.json", summary)
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"pretraining · {run_dir.name}")
+    print(f"val bits/byte {summary['val_bpb']:.4f} (unigram baseline {unigram:.4f}) → {run_dir}")
+    return summary

@@ -1,0 +1,191 @@
+"""The engine and KV cache on a tiny real Transformer: cached decoding equals recomputing from scratch."""
+
+import pytest
+import torch
+
+from forge.errors import ForgeError
+from forge.infer.engine import decode_one_token, generate_ids, generate_text, prefill
+from forge.infer.kv_cache import KVCache
+from forge.infer.sampling import SamplingConfig
+from forge.model.config import ModelConfig
+from forge.model.transformer import Transformer
+from forge.tokenizer.bpe import TokenizerConfig, train_tokenizer
+
+PROMPT = [5, 17, 3, 42]
+
+
+def _model(context_length: int = 32, vocab_size: int = 64) -> Transformer:
+    # init_std 0.5: at the default 0.02 a random model's greedy output repeats one token, a weak test
+    config = ModelConfig(
+        vocab_size=vocab_size,
+        context_length=context_length,
+        dim=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        init_std=0.5,
+    )
+    return Transformer(config).eval()
+
+
+def _greedy(max_new_tokens: int, **kwargs: object) -> SamplingConfig:
+    return SamplingConfig(temperature=0, max_new_tokens=max_new_tokens, stop_on_eos=False, **kwargs)
+
+
+@torch.no_grad()
+def _greedy_from_scratch(model: Transformer, prompt: list[int], steps: int) -> list[int]:
+    """Reference: a full forward pass over the whole sequence for every new token, no cache."""
+    ids = list(prompt)
+    for _ in range(steps):
+        logits = model(torch.tensor([ids]))  # (1, T, V)
+        ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+def test_greedy_with_cache_equals_recomputing_every_step() -> None:
+    model = _model()
+    generation = generate_ids(model, PROMPT, _greedy(20))
+    ids = list(generation)
+    assert ids == _greedy_from_scratch(model, PROMPT, 20)
+    assert len(set(ids)) > 5, "a varied sequence, so that a wrong cache would show"
+    assert generation.finish_reason == "length" and generation.generated_tokens == 20
+
+
+@torch.no_grad()
+def test_prefill_and_decode_logits_match_a_full_forward() -> None:
+    model = _model()
+    ids = torch.tensor([PROMPT + [7, 8, 9]])  # (1, 7)
+    full = model(ids)  # (1, 7, V)
+    cache = KVCache.for_model(model, batch_size=1)
+    assert torch.allclose(prefill(model, ids[:, :4], cache), full[:, 3], atol=1e-5)
+    for position in range(4, 7):
+        logits = decode_one_token(model, ids[:, position], torch.tensor([position]), cache)
+        assert torch.allclose(logits, full[:, position], atol=1e-5)
+
+
+def test_same_seed_reproduces_and_different_seeds_differ() -> None:
+    model = _model()
+
+    def run(seed: int) -> list[int]:
+        config = SamplingConfig(temperature=1.0, max_new_tokens=20, seed=seed, stop_on_eos=False)
+        return list(generate_ids(model, PROMPT, config))
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    generation = generate_ids(model, PROMPT, SamplingConfig(temperature=1.0, max_new_tokens=5))
+    replay = SamplingConfig(temperature=1.0, max_new_tokens=5, seed=generation.seed)
+    assert list(generation) == list(generate_ids(model, PROMPT, replay)), "the seed used is recorded"
+
+
+def test_top_k_1_and_temperature_0_are_greedy() -> None:
+    model = _model()
+    greedy = list(generate_ids(model, PROMPT, _greedy(12)))
+    top_1 = SamplingConfig(temperature=1.5, top_k=1, max_new_tokens=12, seed=3, stop_on_eos=False)
+    assert list(generate_ids(model, PROMPT, top_1)) == greedy
+
+
+def test_stops_on_eos_without_yielding_it() -> None:
+    model = _model()
+    greedy = list(generate_ids(model, PROMPT, _greedy(12)))
+    # call the first token that is not a repeat "EOS": greedy decoding must stop right before it
+    stop_at = next(i for i in range(1, 12) if greedy[i] not in greedy[:i])
+    eos = greedy[stop_at]
+    config = SamplingConfig(temperature=0, max_new_tokens=12)
+    generation = generate_ids(model, PROMPT, config, eos_ids={eos, 10_000})
+    assert list(generation) == greedy[:stop_at]
+    assert generation.finish_reason == "stop" and generation.generated_tokens == stop_at
+    ignoring = generate_ids(model, PROMPT, _greedy(12), eos_ids={eos})  # stop_on_eos=False
+    assert list(ignoring) == greedy
+
+
+def test_forced_eos_stops_at_once() -> None:
+    model = _model()
+    bias = torch.zeros(64)
+    bias[1] = 1e4  # id 1 wins every step
+    model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+    generation = generate_ids(model, PROMPT, SamplingConfig(temperature=1.0, seed=0), eos_ids={1})
+    assert list(generation) == [] and generation.finish_reason == "stop"
+    assert list(generate_ids(model, PROMPT, _greedy(4), eos_ids={1})) == [1, 1, 1, 1]
+
+
+def test_max_new_tokens_is_respected() -> None:
+    generation = generate_ids(_model(), PROMPT, SamplingConfig(temperature=1.0, max_new_tokens=5, seed=0))
+    assert len(list(generation)) == 5 and generation.finish_reason == "length"
+    assert generation.prompt_tokens_per_s > 0 and generation.tokens_per_s > 0
+
+
+def test_a_full_context_stops_with_length() -> None:
+    model = _model(context_length=16)
+    generation = generate_ids(model, list(range(10)), _greedy(100))
+    ids = list(generation)
+    # 10 prompt tokens fill positions 0..9; tokens fed at 10..15 predict 6 more, plus the prefill's one
+    assert len(ids) == 7 and generation.finish_reason == "length"
+    assert ids == _greedy_from_scratch(model, list(range(10)), 7)
+    assert len(list(generate_ids(model, list(range(16)), _greedy(5)))) == 1  # a prompt that fills it
+
+
+def test_bad_prompts_raise_forge_errors() -> None:
+    model = _model(context_length=16)
+    with pytest.raises(ForgeError, match=r"17 tokens.*context holds 16.*max-new-tokens"):
+        generate_ids(model, list(range(17)), _greedy(5))
+    with pytest.raises(ForgeError, match="no tokens"):
+        generate_ids(model, [], _greedy(5))
+    with pytest.raises(ForgeError, match="vocabulary of 64"):
+        generate_ids(model, [3, 64], _greedy(5))
+
+
+def test_inference_mode_does_not_leak_between_tokens() -> None:
+    for _ in generate_ids(_model(), PROMPT, _greedy(3)):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_generate_text_streams_the_decoded_ids() -> None:
+    tokenizer = train_tokenizer(["héllo wörld 🙂 日本", "the cat sat"] * 10, TokenizerConfig(vocab_size=280))
+    model = _model(vocab_size=tokenizer.vocab_size)
+    config = SamplingConfig(temperature=1.0, max_new_tokens=16, seed=4)
+    text = generate_text(model, tokenizer, "héllo", config)
+    pieces = list(text)
+    ids = list(generate_ids(model, [tokenizer.eos_id, *tokenizer.encode("héllo")], config))
+    ids = ids[: text.generation.generated_tokens]  # generate_ids here does not stop at end-of-turn
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert text.generation.finish_reason in ("stop", "length")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+def test_cache_for_model_takes_its_shapes_and_dtype() -> None:
+    model = _model(context_length=24).to(torch.bfloat16)
+    cache = KVCache.for_model(model, batch_size=3, max_seq_len=10)
+    assert cache.k.shape == cache.v.shape == (2, 3, 2, 10, 8)  # (L, B, H_kv, S, D)
+    assert cache.k.dtype == torch.bfloat16 and KVCache.for_model(model, 1).max_seq_len == 24
+    with pytest.raises(ValueError):
+        KVCache.for_model(model, 1, max_seq_len=25)
+
+
+def test_cache_scatter_path_matches_the_fast_path() -> None:
+    B, H, T, S, D = 3, 2, 4, 10, 5
+    k, v = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
+    shared = torch.arange(3, 3 + T).expand(B, T)  # stride 0 along the batch: index_copy_
+    fast, general = KVCache(2, B, H, S, D), KVCache(2, B, H, S, D)
+    fast.update(1, shared, k, v)
+    k_all, v_all = general.update(1, shared.contiguous(), k, v)  # same values, per-row layout: scatter_
+    assert torch.equal(fast.k, general.k) and torch.equal(fast.v, general.v)
+    assert (
+        torch.equal(k_all, general.k[1])
+        and torch.equal(k_all[:, :, 3:7], k)
+        and torch.equal(v_all[:, :, 3:7], v)
+    )
+    assert general.k[0].abs().sum() == 0 and general.k[1, :, :, :3].abs().sum() == 0
+
+
+def test_cache_per_row_positions_write_each_row_at_its_own_place() -> None:
+    B, H, S, D = 2, 2, 8, 3
+    k, v = torch.randn(B, H, 2, D), torch.randn(B, H, 2, D)
+    cache = KVCache(1, B, H, S, D)
+    cache.update(0, torch.tensor([[0, 1], [5, 6]]), k, v)
+    assert torch.equal(cache.k[0, 0, :, 0:2], k[0]) and torch.equal(cache.v[0, 1, :, 5:7], v[1])
+    assert cache.k[0, 0, :, 2:].abs().sum() == 0 and cache.k[0, 1, :, :5].abs().sum() == 0
+    cache.reset()
+    assert cache.k.abs().sum() == 0 and cache.v.abs().sum() == 0
