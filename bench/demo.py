@@ -32,7 +32,9 @@ def forge(*args: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="demo_out", help="working directory for data and the run")
     parser.add_argument("--minutes", type=float, default=11.0, help="training wall-clock budget")
     parser.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
@@ -43,18 +45,33 @@ def main() -> None:
     shutil.rmtree(run, ignore_errors=True)  # the demo trains from scratch every time
     seconds: dict[str, float] = {}
     seconds["prepare"] = forge("data", "prepare", "--out", str(docs))
-    seconds["tokenizer"] = forge("tokenizer", "train", str(docs), "--out", str(tokenizer),
-                                 "--vocab-size", str(args.vocab_size))
-    seconds["tokenize"] = forge("data", "tokenize", str(docs), "--tokenizer", str(tokenizer), "--out", str(tokens))
+    seconds["tokenizer"] = forge(
+        "tokenizer", "train", str(docs), "--out", str(tokenizer), "--vocab-size", str(args.vocab_size)
+    )
+    seconds["tokenize"] = forge(
+        "data", "tokenize", str(docs), "--tokenizer", str(tokenizer), "--out", str(tokens)
+    )
     seconds["pretrain"] = forge(
-        "pretrain", "--preset", "small", "--data", str(tokens), "--tokenizer", str(tokenizer), "--out", str(run),
+        "pretrain", "--preset", "small", "--data", str(tokens), "--tokenizer", str(tokenizer),
+        "--out", str(run),
         "--max-minutes", str(args.minutes), "--max-steps", "100000",
-        "--batch-size", "16", "--seq-len", "256", "--lr", "3e-3", "--warmup-steps", "50",
+        "--batch-size", "8", "--seq-len", "256", "--lr", "3e-3", "--warmup-steps", "50",
         "--eval-every", "250", "--eval-batches", "8", "--checkpoint-every", "250", "--sample-every", "500",
     )  # fmt: skip
     for prompt in PROMPTS:
-        seconds[f"generate {prompt!r}"] = forge("generate", str(run), prompt, "--max-new-tokens", "80",
-                                               "--temperature", "0.7", "--top-k", "40", "--seed", "0")
+        seconds[f"generate {prompt!r}"] = forge(
+            "generate",
+            str(run),
+            prompt,
+            "--max-new-tokens",
+            "80",
+            "--temperature",
+            "0.7",
+            "--top-k",
+            "40",
+            "--seed",
+            "0",
+        )
     eval_json = work / "eval.json"
     seconds["eval"] = forge("eval", str(run), "--data", str(tokens), "--json", str(eval_json))
 
@@ -76,8 +93,11 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nvalidation bits per byte: model {evaluation['bpb']:.3f} vs unigram {evaluation['unigram_bpb']:.3f} "
-          f"({100 * reduction:.1f}% lower) after {summary['train_minutes']:.1f} minutes of training")
+    print(
+        f"\nvalidation bits per byte: model {evaluation['bpb']:.3f} "
+        f"vs unigram {evaluation['unigram_bpb']:.3f} "
+        f"({100 * reduction:.1f}% lower) after {summary['train_minutes']:.1f} minutes of training"
+    )
     print(f"loss plot: {run / 'loss.png'} · results: {RESULTS.relative_to(ROOT)}")
 
 

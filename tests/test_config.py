@@ -47,7 +47,9 @@ def test_layers_defaults_preset_toml_flags(tmp_path: Path) -> None:
     toml.write_text('rate = 0.25\nitems = ["a", "b"]\n[inner]\nwidth = 16\n')
     args = _parse(["--config", str(toml), "--inner.width", "32", "--flag", "--limit", "none"])
     config = from_args(Outer, args, preset={"name": "preset", "inner": {"width": 4}})
-    assert config == Outer(name="preset", rate=0.25, flag=True, items=("a", "b"), limit=None, inner=Inner(width=32))
+    assert config == Outer(
+        name="preset", rate=0.25, flag=True, items=("a", "b"), limit=None, inner=Inner(width=32)
+    )
 
 
 def test_comma_separated_tuples_and_types() -> None:

@@ -77,7 +77,9 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if origin is tuple:
             (item_tp, *_rest) = typing.get_args(base) or (str,)
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(coerce(v.strip() if isinstance(v, str) else v, item_tp, name) for v in items if v != "")
+            return tuple(
+                coerce(v.strip() if isinstance(v, str) else v, item_tp, name) for v in items if v != ""
+            )
         if base is bool:
             if isinstance(value, bool):
                 return value
@@ -204,10 +206,16 @@ def add_options(
         help_text = help_text.replace("%", "%%")
         if base is bool:
             group.add_argument(
-                flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                flag,
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
-            metavar = "A,B,..." if typing.get_origin(base) is tuple else getattr(base, "__name__", "X").upper()
+            metavar = (
+                "A,B,..." if typing.get_origin(base) is tuple else getattr(base, "__name__", "X").upper()
+            )
             group.add_argument(flag, dest=dest, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
 
 

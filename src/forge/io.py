@@ -1,4 +1,8 @@
-"""Atomic file writes: every artifact appears whole or not at all (temp file + rename)."""
+"""Atomic file writes: every artifact appears whole or not at all (temp file + rename).
+
+Temporary files and directories are created private (0600 / 0700) by `tempfile`; before the rename they
+get the permissions an ordinary `open` or `mkdir` would have given them under the user's umask.
+"""
 
 import json
 import os
@@ -8,6 +12,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 @contextmanager
@@ -22,6 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -46,6 +60,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

@@ -26,8 +26,14 @@ COMMANDS = _subcommands(build_parser())
 
 
 def test_all_stage_commands_exist() -> None:
-    assert {("data", "prepare"), ("data", "tokenize"), ("tokenizer", "train"), ("pretrain",), ("generate",),
-            ("eval",)} <= set(COMMANDS)
+    assert {
+        ("data", "prepare"),
+        ("data", "tokenize"),
+        ("tokenizer", "train"),
+        ("pretrain",),
+        ("generate",),
+        ("eval",),
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -40,7 +46,9 @@ def test_help_describes_every_option(command: tuple[str, ...], capsys: pytest.Ca
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[name]
     for action in parser._actions:
-        assert action.help, f"forge {' '.join(command)}: option {action.option_strings or action.dest} has no help"
+        assert action.help, (
+            f"forge {' '.join(command)}: option {action.option_strings or action.dest} has no help"
+        )
     assert "usage: forge" in capsys.readouterr().out
 
 
@@ -80,18 +88,76 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     report = json.loads((docs / "report.json").read_text())
     assert "exact_duplicate" in json.dumps(report)
     assert main(["tokenizer", "train", str(docs), "--out", str(tok), "--vocab-size", "320"]) == 0
-    assert main(["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(shards),
-                 "--val-fraction", "0.2", "--num-workers", "1"]) == 0
-    assert main(["pretrain", "--data", str(shards), "--tokenizer", str(tok), "--out", str(run),
-                 "--model.dim", "32", "--model.num-layers", "1", "--model.context-length", "32",
-                 "--batch-size", "4", "--max-steps", "60", "--eval-every", "20", "--eval-batches", "2", "--lr", "1e-2",
-                 "--checkpoint-every", "30", "--log-every", "5", "--warmup-steps", "3", "--no-progress"]) == 0
-    for name in ("model.safetensors", "config.json", "metrics.jsonl", "loss.png", "summary.json",
-                 "tokenizer/tokenizer.json"):
+    assert (
+        main(
+            [
+                "data",
+                "tokenize",
+                str(docs),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(shards),
+                "--val-fraction",
+                "0.2",
+                "--num-workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(shards),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(run),
+                "--model.dim",
+                "32",
+                "--model.num-layers",
+                "1",
+                "--model.context-length",
+                "32",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "60",
+                "--eval-every",
+                "20",
+                "--eval-batches",
+                "2",
+                "--lr",
+                "1e-2",
+                "--checkpoint-every",
+                "30",
+                "--log-every",
+                "5",
+                "--warmup-steps",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "loss.png",
+        "summary.json",
+        "tokenizer/tokenizer.json",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
-    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
-              if "train_loss" in line]
+    losses = [
+        json.loads(line)["train_loss"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if "train_loss" in line
+    ]
     assert losses[-1] < losses[0] * 0.8, losses  # it learned something
     assert summary["val_bpb"] < summary["unigram_bpb"]
     capsys.readouterr()
@@ -101,10 +167,32 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert main(["generate", str(run), "def count", "--max-new-tokens", "12", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == first  # greedy is deterministic
     assert main(["eval", str(run), "--data", str(shards), "--json", str(tmp_path / "eval.json")]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["bpb"] == pytest.approx(summary["val_bpb"], rel=1e-5)
+    assert json.loads((tmp_path / "eval.json").read_text())["bpb"] == pytest.approx(
+        summary["val_bpb"], rel=1e-5
+    )
     # resuming a finished run with a higher step budget continues from its checkpoint
-    assert main(["pretrain", "--data", str(shards), "--tokenizer", str(tok), "--out", str(run), "--resume",
-                 "--batch-size", "4", "--max-steps", "65", "--eval-every", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(shards),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(run),
+                "--resume",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "65",
+                "--eval-every",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "resuming from" in capsys.readouterr().out
     assert json.loads((run / "summary.json").read_text())["steps"] == 65
 
@@ -129,5 +217,7 @@ def test_user_mistakes_get_a_clear_error_and_no_traceback(
 
 
 def test_console_script_runs(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "forge.cli.main", "--version"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "forge.cli.main", "--version"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.startswith("forge ")

@@ -49,7 +49,12 @@ def test_prepare_a_folder(tmp_path: Path) -> None:
     assert rows[1]["text"] == CODE.strip("\n") and rows[1]["domain"] == "code"
     assert manifest["documents"] == 3 and manifest["files"] == ["docs-00000.parquet"]
     report = json.loads((tmp_path / "docs" / "report.json").read_text())
-    assert report["removed_by_reason"] == {"exact_duplicate": 1, "too_short": 1, "undecodable": 1, "binary": 1}
+    assert report["removed_by_reason"] == {
+        "exact_duplicate": 1,
+        "too_short": 1,
+        "undecodable": 1,
+        "binary": 1,
+    }
     assert report["documents_seen"] == 7 and report["kept"] == 3
     assert "same text as src/pkg/a.py" in report["examples"]["exact_duplicate"][0]["detail"]
     assert report["examples"]["undecodable"][0]["where"].endswith("latin1.py")
@@ -58,8 +63,13 @@ def test_prepare_a_folder(tmp_path: Path) -> None:
 
 def test_include_and_exclude_globs(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
-    config = PrepareConfig(inputs=(str(src),), out=str(tmp_path / "docs"), include=("*.py",),
-                           exclude=("tests/*",), progress=False)
+    config = PrepareConfig(
+        inputs=(str(src),),
+        out=str(tmp_path / "docs"),
+        include=("*.py",),
+        exclude=("tests/*",),
+        progress=False,
+    )
     prepare(config)
     assert [r["id"] for r in _read(tmp_path / "docs")] == ["src/pkg/a.py"]
 
@@ -79,8 +89,11 @@ def test_jsonl_and_parquet_with_bad_lines_reported(tmp_path: Path, capsys: pytes
     parquet = tmp_path / "table.parquet"
     pq.write_table(pa.table({"content": [PROSE + "four", None], "id": ["p1", "p2"]}), parquet)
     out = tmp_path / "docs"
-    prepare(PrepareConfig(inputs=(str(jsonl), str(gz), str(parquet)), out=str(out), text_field="content",
-                          progress=False))
+    prepare(
+        PrepareConfig(
+            inputs=(str(jsonl), str(gz), str(parquet)), out=str(out), text_field="content", progress=False
+        )
+    )
     rows = _read(out)
     assert [r["text"][-5:] for r in rows] == [".\none", ".\ntwo", "three", "\nfour"]
     assert [r["domain"] for r in rows] == ["news", "web", "more", "table"]  # field, else the file name
@@ -104,7 +117,9 @@ def test_standard_library_is_the_default() -> None:
 
 def test_bad_inputs_and_outputs(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does-not-exist.*does not exist"):
-        prepare(PrepareConfig(inputs=(str(tmp_path / "does-not-exist"),), out=str(tmp_path / "d"), progress=False))
+        prepare(
+            PrepareConfig(inputs=(str(tmp_path / "does-not-exist"),), out=str(tmp_path / "d"), progress=False)
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no document was kept"):
         prepare(PrepareConfig(inputs=(str(tmp_path / "empty"),), out=str(tmp_path / "d"), progress=False))

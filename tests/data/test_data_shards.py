@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from forge.data.shards import BatchLoader, TokenizeConfig, TokenShards, choose_val, iter_eval_batches, tokenize_docs
+from forge.data.shards import (
+    BatchLoader,
+    TokenizeConfig,
+    TokenShards,
+    choose_val,
+    iter_eval_batches,
+    tokenize_docs,
+)
 from forge.errors import ConfigError, DataError
 from forge.tokenizer.bpe import Tokenizer, TokenizerConfig, train_tokenizer
 
@@ -24,7 +31,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Tokeniz
     ids = [f"doc{i}" for i in range(len(TEXTS))]
     half = len(TEXTS) // 2
     for k, part in enumerate((slice(0, half), slice(half, None))):  # two files, as prepare may write
-        table = pa.table({"id": ids[part], "text": TEXTS[part], "source": ids[part], "domain": ["code"] * half})
+        table = pa.table(
+            {"id": ids[part], "text": TEXTS[part], "source": ids[part], "domain": ["code"] * half}
+        )
         pq.write_table(table, docs / f"docs-{k:05d}.parquet")
     tokenizer = train_tokenizer(TEXTS, TokenizerConfig(vocab_size=300))
     tokenizer.save(root / "tok")
@@ -46,8 +55,9 @@ def _documents(shards: TokenShards, eos_id: int) -> list[list[int]]:
 
 def test_tokenize_writes_every_document_once(setup: tuple[Path, Path, Tokenizer], tmp_path: Path) -> None:
     docs, tok_dir, tokenizer = setup
-    meta = tokenize_docs(docs, tok_dir, tmp_path / "out", TokenizeConfig(val_fraction=0.25, num_workers=1,
-                                                                          progress=False))
+    meta = tokenize_docs(
+        docs, tok_dir, tmp_path / "out", TokenizeConfig(val_fraction=0.25, num_workers=1, progress=False)
+    )
     assert meta["dtype"] == "uint16" and meta["tokenizer_fingerprint"] == tokenizer.fingerprint()
     assert meta["splits"]["val"]["documents"] == 10 and meta["splits"]["train"]["documents"] == 30
     decoded = []
@@ -56,17 +66,26 @@ def test_tokenize_writes_every_document_once(setup: tuple[Path, Path, Tokenizer]
         assert len(shards) == meta["splits"][split]["tokens"]
         documents = _documents(shards, tokenizer.eos_id)
         decoded += [tokenizer.decode(ids) for ids in documents]
-        assert meta["splits"][split]["bytes"] == sum(len(t.encode()) for t in decoded[-len(documents):])
+        assert meta["splits"][split]["bytes"] == sum(len(t.encode()) for t in decoded[-len(documents) :])
     assert sorted(decoded) == sorted(TEXTS)
     raw = (tmp_path / "out" / "train-00000.bin").read_bytes()  # little-endian uint16 on disk
-    assert np.frombuffer(raw, dtype="<u2").tolist() == np.concatenate(TokenShards(tmp_path / "out", "train").arrays).tolist()
+    assert (
+        np.frombuffer(raw, dtype="<u2").tolist()
+        == np.concatenate(TokenShards(tmp_path / "out", "train").arrays).tolist()
+    )
 
 
-def test_workers_and_shard_size_do_not_change_the_tokens(setup: tuple[Path, Path, Tokenizer], tmp_path: Path) -> None:
+def test_workers_and_shard_size_do_not_change_the_tokens(
+    setup: tuple[Path, Path, Tokenizer], tmp_path: Path
+) -> None:
     docs, tok_dir, _ = setup
     one = tokenize_docs(docs, tok_dir, tmp_path / "one", TokenizeConfig(num_workers=1, progress=False))
-    two = tokenize_docs(docs, tok_dir, tmp_path / "two", TokenizeConfig(num_workers=2, docs_per_task=7,
-                                                                       shard_tokens=300, progress=False))
+    two = tokenize_docs(
+        docs,
+        tok_dir,
+        tmp_path / "two",
+        TokenizeConfig(num_workers=2, docs_per_task=7, shard_tokens=300, progress=False),
+    )
     assert len(two["splits"]["train"]["files"]) > 1
     for split in ("train", "val"):
         a = np.concatenate(TokenShards(tmp_path / "one", split).arrays)

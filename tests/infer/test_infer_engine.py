@@ -143,12 +143,34 @@ def test_generate_text_streams_the_decoded_ids() -> None:
     tokenizer = train_tokenizer(["héllo wörld 🙂 日本", "the cat sat"] * 10, TokenizerConfig(vocab_size=280))
     model = _model(vocab_size=tokenizer.vocab_size)
     config = SamplingConfig(temperature=1.0, max_new_tokens=16, seed=4)
-    text = generate_text(model, tokenizer, "héllo", config)
+    text = generate_text(model, tokenizer, "héllo", config, heal=False)
     pieces = list(text)
     ids = list(generate_ids(model, [tokenizer.eos_id, *tokenizer.encode("héllo")], config))
     ids = ids[: text.generation.generated_tokens]  # generate_ids here does not stop at end-of-turn
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
     assert text.generation.finish_reason in ("stop", "length")
+
+
+def test_token_healing_regenerates_the_last_prompt_token() -> None:
+    tokenizer = train_tokenizer(["def add(a, b):\n    return a + b\n"] * 20, TokenizerConfig(vocab_size=300))
+    token_bytes = tokenizer.token_bytes()
+    model = _model(vocab_size=tokenizer.vocab_size)
+    prompt = "def "  # the tokenizer attaches the space to the next word: "def", " add"
+    ids = tokenizer.encode(prompt)
+    healed = token_bytes[ids[-1]]
+    assert healed == b" "
+    for seed in range(5):
+        config = SamplingConfig(temperature=1.0, max_new_tokens=6, seed=seed, stop_on_eos=False)
+        text = generate_text(model, tokenizer, prompt, config)
+        out = "".join(text)
+        output_ids = text.generation.output_ids
+        assert token_bytes[output_ids[0]].startswith(healed)  # the first token re-creates the space
+        assert prompt + out == tokenizer.decode(ids[:-1] + output_ids, skip_special_tokens=True)
+    unhealed = generate_text(
+        model, tokenizer, prompt, SamplingConfig(temperature=0, max_new_tokens=3), heal=False
+    )
+    list(unhealed)
+    assert unhealed.generation.prompt_ids == [tokenizer.eos_id, *ids]
 
 
 # ---------------------------------------------------------------------------------------------------------

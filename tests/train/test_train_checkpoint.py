@@ -37,19 +37,37 @@ class StepLoader:
         self.position = state["position"]
 
 
-def _setup(seed: int = 0, interrupt_at: int | None = None) -> tuple[Transformer, torch.optim.Optimizer, StepLoader]:
+def _setup(
+    seed: int = 0, interrupt_at: int | None = None
+) -> tuple[Transformer, torch.optim.Optimizer, StepLoader]:
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=64, context_length=16, dim=32, num_layers=2, num_heads=4,
-                                    num_kv_heads=2))
+    model = Transformer(
+        ModelConfig(vocab_size=64, context_length=16, dim=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    )
     opt = build_optimizer(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), device=CPU)
     return model, opt, StepLoader(interrupt_at)
 
 
 def _run(run_dir: Path, steps: int, state: TrainState, model, opt, loader, every: int) -> TrainState:
-    config = TrainConfig(max_steps=steps, checkpoint_every=every, log_every=1, warmup_steps=2, progress=False,
-                         eval_every=0, keep_checkpoints=0)
-    return train(model, opt, config, run_dir=run_dir, next_batch=loader.next_batch, data_state=loader.state_dict,
-                 state=state, device=CPU)
+    config = TrainConfig(
+        max_steps=steps,
+        checkpoint_every=every,
+        log_every=1,
+        warmup_steps=2,
+        progress=False,
+        eval_every=0,
+        keep_checkpoints=0,
+    )
+    return train(
+        model,
+        opt,
+        config,
+        run_dir=run_dir,
+        next_batch=loader.next_batch,
+        data_state=loader.state_dict,
+        state=state,
+        device=CPU,
+    )
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -77,7 +95,9 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path: Path) -> 
         assert torch.equal(value, full_weights[name]), name
 
 
-def test_corrupted_checkpoint_is_skipped_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_corrupted_checkpoint_is_skipped_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     _run(tmp_path, 4, TrainState(), *_setup(), every=2)
     first, second = list_checkpoints(tmp_path)
     with open(second / "model.safetensors", "r+b") as f:

@@ -10,30 +10,60 @@ from forge.data.shards import TokenizeConfig, tokenize_docs
 
 
 def register(commands: Any) -> None:
-    group = commands.add_parser("data", help="collect, clean and tokenize a corpus",
-                                description="Collect, clean and tokenize a corpus.")
-    sub = group.add_subparsers(dest="data_command", metavar="COMMAND", required=True,
-                                help="the data step to run")
+    group = commands.add_parser(
+        "data",
+        help="collect, clean and tokenize a corpus",
+        description="Collect, clean and tokenize a corpus.",
+    )
+    sub = group.add_subparsers(
+        dest="data_command", metavar="COMMAND", required=True, help="the data step to run"
+    )
 
-    p = add_command(sub, "prepare", config_cls=PrepareConfig, skip=("inputs",),
-                    help="read documents, clean and deduplicate them, write Parquet shards and a report",
-                    description="Read documents from folders, JSONL or Parquet files (default: this Python's "
-                    "standard library), normalise them, drop corrupted, out-of-bounds and duplicate samples, "
-                    "and write docs-*.parquet, manifest.json and report.json/report.md.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="folders, .jsonl/.jsonl.gz or .parquet files (none: the standard library)")
+    p = add_command(
+        sub,
+        "prepare",
+        config_cls=PrepareConfig,
+        skip=("inputs",),
+        help="read documents, clean and deduplicate them, write Parquet shards and a report",
+        description="Read documents from folders, JSONL or Parquet files (default: this Python's "
+        "standard library), normalise them, drop corrupted, out-of-bounds and duplicate samples, "
+        "and write docs-*.parquet, manifest.json and report.json/report.md.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="folders, .jsonl/.jsonl.gz or .parquet files (none: the standard library)",
+    )
     p.set_defaults(handler=_prepare)
 
-    p = add_command(sub, "tokenize", config_cls=TokenizeConfig,
-                    help="encode prepared documents into train/val token shards",
-                    description="Encode the documents of DOCS_DIR with a trained tokenizer into flat "
-                    "train-*.bin / val-*.bin token shards (EOS between documents) and meta.json.")
-    p.add_argument("docs", nargs="?", default="data/docs", metavar="DOCS_DIR",
-                   help="documents directory written by `forge data prepare` (default: data/docs)")
-    p.add_argument("--tokenizer", default="data/tokenizer", metavar="DIR",
-                   help="tokenizer directory written by `forge tokenizer train` (default: data/tokenizer)")
-    p.add_argument("--out", default="data/tokens", metavar="DIR",
-                   help="output directory for the token shards (default: data/tokens)")
+    p = add_command(
+        sub,
+        "tokenize",
+        config_cls=TokenizeConfig,
+        help="encode prepared documents into train/val token shards",
+        description="Encode the documents of DOCS_DIR with a trained tokenizer into flat "
+        "train-*.bin / val-*.bin token shards (EOS between documents) and meta.json.",
+    )
+    p.add_argument(
+        "docs",
+        nargs="?",
+        default="data/docs",
+        metavar="DOCS_DIR",
+        help="documents directory written by `forge data prepare` (default: data/docs)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="data/tokenizer",
+        metavar="DIR",
+        help="tokenizer directory written by `forge tokenizer train` (default: data/tokenizer)",
+    )
+    p.add_argument(
+        "--out",
+        default="data/tokens",
+        metavar="DIR",
+        help="output directory for the token shards (default: data/tokens)",
+    )
     p.set_defaults(handler=_tokenize)
 
 
@@ -47,5 +77,7 @@ def _tokenize(args: argparse.Namespace) -> None:
     config = from_args(TokenizeConfig, args)
     meta = tokenize_docs(args.docs, args.tokenizer, args.out, config)
     train, val = meta["splits"]["train"], meta["splits"]["val"]
-    print(f"train {train['tokens']:,} tokens, val {val['tokens']:,} tokens "
-          f"({meta['splits']['train']['bytes_per_token']:.2f} bytes/token) → {args.out}")
+    print(
+        f"train {train['tokens']:,} tokens, val {val['tokens']:,} tokens "
+        f"({meta['splits']['train']['bytes_per_token']:.2f} bytes/token) → {args.out}"
+    )

@@ -14,13 +14,24 @@ from forge.tokenizer.bpe import Tokenizer
 
 
 def register(commands: Any) -> None:
-    p = add_command(commands, "generate", config_cls=SamplingConfig,
-                    help="generate text from a trained run, streamed to the terminal",
-                    description="Generate a continuation of PROMPT with the model in RUN_DIR, using a KV "
-                    "cache, streaming text as it is produced. Temperature 0 is greedy decoding.")
-    p.add_argument("run", metavar="RUN_DIR", help="run directory (model.safetensors, config.json, tokenizer/)")
-    p.add_argument("prompt", nargs="?", default="", metavar="PROMPT",
-                   help="text to continue ('-' reads it from standard input; empty: start of a document)")
+    p = add_command(
+        commands,
+        "generate",
+        config_cls=SamplingConfig,
+        help="generate text from a trained run, streamed to the terminal",
+        description="Generate a continuation of PROMPT with the model in RUN_DIR, using a KV "
+        "cache, streaming text as it is produced. Temperature 0 is greedy decoding.",
+    )
+    p.add_argument(
+        "run", metavar="RUN_DIR", help="run directory (model.safetensors, config.json, tokenizer/)"
+    )
+    p.add_argument(
+        "prompt",
+        nargs="?",
+        default="",
+        metavar="PROMPT",
+        help="text to continue ('-' reads it from standard input; empty: start of a document)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = the cores available)")
     p.set_defaults(handler=_generate)

@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `forge COMMAND --help` for the options of a command.",
     )
     parser.add_argument("--version", action="version", version=f"forge {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="the stage to run")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, help="the stage to run"
+    )
     for group in GROUPS:
         group.register(commands)
     return parser

@@ -33,7 +33,7 @@ def decode(data: bytes | str) -> tuple[str | None, str | None]:
 
 
 def corruption(text: str, *, max_control_fraction: float) -> str | None:
-    """"binary" if `text` holds a NUL or too many control characters, else None."""
+    """ "binary" if `text` holds a NUL or too many control characters, else None."""
     if "\x00" in text:
         return "binary"
     if not text:
@@ -51,7 +51,7 @@ def normalize(text: str) -> str:
 
 
 def length_problem(text: str, *, min_chars: int, max_chars: int) -> str | None:
-    """"too_short" / "too_long" when `text` is outside [min_chars, max_chars] (max_chars 0 = no limit)."""
+    """ "too_short" / "too_long" when `text` is outside [min_chars, max_chars] (max_chars 0 = no limit)."""
     if len(text) < min_chars:
         return "too_short"
     if max_chars and len(text) > max_chars:

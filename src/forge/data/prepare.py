@@ -27,7 +27,9 @@ from forge.data.sources import iter_inputs, stdlib_root
 from forge.errors import ConfigError, DataError
 from forge.io import atomic_dir, write_json
 
-SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("domain", pa.string())])
+SCHEMA = pa.schema(
+    [("id", pa.string()), ("text", pa.string()), ("source", pa.string()), ("domain", pa.string())]
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,10 +67,14 @@ class PrepareConfig:
         if self.min_chars < 0:
             raise ConfigError(f"--min-chars must be 0 or more, got {self.min_chars}")
         if self.max_chars < 0 or (self.max_chars and self.max_chars < self.min_chars):
-            raise ConfigError(f"--max-chars must be 0 (no limit) or at least --min-chars ({self.min_chars}), "
-                              f"got {self.max_chars}")
+            raise ConfigError(
+                f"--max-chars must be 0 (no limit) or at least --min-chars ({self.min_chars}), "
+                f"got {self.max_chars}"
+            )
         if not 0 <= self.max_control_fraction <= 1:
-            raise ConfigError(f"--max-control-fraction must be between 0 and 1, got {self.max_control_fraction}")
+            raise ConfigError(
+                f"--max-control-fraction must be between 0 and 1, got {self.max_control_fraction}"
+            )
         if self.shard_megabytes < 1:
             raise ConfigError(f"--shard-megabytes must be at least 1, got {self.shard_megabytes}")
 
@@ -120,8 +126,10 @@ class _ShardWriter:
 def _check_out(out: Path) -> None:
     """Refuse to replace a non-empty directory that `forge data prepare` did not write."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
-        raise ConfigError(f"--out {out} exists and is not a documents directory written by `forge data prepare`; "
-                          "choose a new directory (it would be replaced)")
+        raise ConfigError(
+            f"--out {out} exists and is not a documents directory written by `forge data prepare`; "
+            "choose a new directory (it would be replaced)"
+        )
 
 
 def _describe_inputs(config: PrepareConfig) -> list[str]:
@@ -140,8 +148,14 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         report.remove(reason, where, detail)
         print(f"warning: {where}: {detail} (skipped)", file=sys.stderr)
 
-    documents = iter_inputs(config.inputs, include=config.include, exclude=config.exclude,
-                            text_field=config.text_field, domain_field=config.domain_field, on_problem=on_problem)
+    documents = iter_inputs(
+        config.inputs,
+        include=config.include,
+        exclude=config.exclude,
+        text_field=config.text_field,
+        domain_field=config.domain_field,
+        on_problem=on_problem,
+    )
     with atomic_dir(out) as tmp:
         writer = _ShardWriter(tmp, config.shard_megabytes << 20)
         for raw in tqdm(documents, unit="doc", desc="preparing", disable=not config.progress):
@@ -164,8 +178,10 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         files = writer.close()
         kept = sum(report.kept.values())
         if kept == 0:
-            raise DataError(f"no document was kept out of {report.seen:,} read from {_describe_inputs(config)}; "
-                            f"removed: {dict(report.removed)}. Check the inputs, --include and --min-chars")
+            raise DataError(
+                f"no document was kept out of {report.seen:,} read from {_describe_inputs(config)}; "
+                f"removed: {dict(report.removed)}. Check the inputs, --include and --min-chars"
+            )
         manifest = {
             "forge_version": __version__,
             "inputs": _describe_inputs(config),

@@ -49,7 +49,9 @@ class Report:
             "documents_seen": self.seen,
             "kept": sum(self.kept.values()),
             "removed": sum(self.removed.values()),
-            "kept_by_domain": {d: {"documents": n, "chars": self.kept_chars[d]} for d, n in sorted(self.kept.items())},
+            "kept_by_domain": {
+                d: {"documents": n, "chars": self.kept_chars[d]} for d, n in sorted(self.kept.items())
+            },
             "removed_by_reason": dict(self.removed.most_common()),
             "examples": {reason: self.examples[reason] for reason, _ in self.removed.most_common()},
         }

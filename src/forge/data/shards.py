@@ -38,9 +38,23 @@ from forge.config import to_dict
 from forge.errors import ConfigError, DataError
 from forge.io import atomic_dir, write_json
 from forge.runtime import available_cores
-from forge.tokenizer.bpe import Tokenizer, doc_files, encode_flat, encode_in_worker, init_worker, read_doc_texts
+from forge.tokenizer.bpe import (
+    Tokenizer,
+    doc_files,
+    encode_flat,
+    encode_in_worker,
+    init_worker,
+    read_doc_texts,
+)
 
-__all__ = ["BatchLoader", "TokenShards", "TokenizeConfig", "iter_eval_batches", "read_doc_texts", "tokenize_docs"]
+__all__ = [
+    "BatchLoader",
+    "TokenShards",
+    "TokenizeConfig",
+    "iter_eval_batches",
+    "read_doc_texts",
+    "tokenize_docs",
+]
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -127,8 +141,13 @@ class _TokenWriter:
             self._file = None
 
     def summary(self) -> dict[str, Any]:
-        return {"files": self.files, "tokens": self.tokens, "documents": self.documents, "bytes": self.bytes,
-                "bytes_per_token": self.bytes / self.tokens if self.tokens else 0.0}
+        return {
+            "files": self.files,
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "bytes_per_token": self.bytes / self.tokens if self.tokens else 0.0,
+        }
 
 
 def _chunks(docs_dir: str | Path, size: int) -> Iterator[list[str]]:
@@ -142,8 +161,9 @@ def _chunks(docs_dir: str | Path, size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _encoded(docs_dir: str | Path, tokenizer: Tokenizer, tokenizer_dir: str | Path,
-             config: TokenizeConfig) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
+def _encoded(
+    docs_dir: str | Path, tokenizer: Tokenizer, tokenizer_dir: str | Path, config: TokenizeConfig
+) -> Iterator[tuple[list[str], tuple[np.ndarray, np.ndarray]]]:
     """(texts, (flat ids, lengths)) per chunk of documents, in order, from a pool of `num_workers`."""
     workers = config.num_workers or available_cores()
     if workers == 1:
@@ -159,11 +179,16 @@ def _encoded(docs_dir: str | Path, tokenizer: Tokenizer, tokenizer_dir: str | Pa
             yield from zip(window, pool.map(encode_in_worker, window), strict=True)
 
 
-def tokenize_docs(docs_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
-                  config: TokenizeConfig) -> dict[str, Any]:
+def tokenize_docs(
+    docs_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, config: TokenizeConfig
+) -> dict[str, Any]:
     """Encode the documents of `docs_dir` into train/val token shards in `out_dir`; return meta.json."""
     tokenizer = Tokenizer.load(tokenizer_dir)
-    ids = [i for path in doc_files(docs_dir) for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    ids = [
+        i
+        for path in doc_files(docs_dir)
+        for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    ]
     if not ids:
         raise DataError(f"{docs_dir} holds no documents; check the inputs of `forge data prepare`")
     is_val = choose_val(ids, config.val_fraction, config.seed)
@@ -209,8 +234,10 @@ class TokenShards:
         self.directory = Path(directory)
         meta_path = self.directory / "meta.json"
         if not meta_path.is_file():
-            raise DataError(f"{self.directory} holds no token shards (no meta.json); "
-                            "run `forge data tokenize` to create them")
+            raise DataError(
+                f"{self.directory} holds no token shards (no meta.json); "
+                "run `forge data tokenize` to create them"
+            )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         if split not in self.meta.get("splits", {}):
             raise DataError(f"{meta_path} has no {split!r} split; re-run `forge data tokenize`")
@@ -233,14 +260,24 @@ class BatchLoader:
     the generator seeded by (seed, rank, n). `state_dict()` is that n, so a resumed run reads the same
     batches it would have read."""
 
-    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0) -> None:
-        self.shards, self.batch_size, self.seq_len, self.seed, self.rank = shards, batch_size, seq_len, seed, rank
+    def __init__(
+        self, shards: TokenShards, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0
+    ) -> None:
+        self.shards, self.batch_size, self.seq_len, self.seed, self.rank = (
+            shards,
+            batch_size,
+            seq_len,
+            seed,
+            rank,
+        )
         self.position = 0
         window = seq_len + 1
         starts = np.array([max(0, len(a) - window + 1) for a in shards.arrays], dtype=np.int64)
         if starts.sum() == 0:
-            raise DataError(f"the {shards.split} split of {shards.directory} has {len(shards):,} tokens, fewer "
-                            f"than one window of --seq-len {seq_len} + 1; use a smaller --seq-len or more data")
+            raise DataError(
+                f"the {shards.split} split of {shards.directory} has {len(shards):,} tokens, fewer "
+                f"than one window of --seq-len {seq_len} + 1; use a smaller --seq-len or more data"
+            )
         self._ends = np.cumsum(starts)  # window starts of shard i are numbered ends[i-1] .. ends[i]-1
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +288,9 @@ class BatchLoader:
         shard_of = np.searchsorted(self._ends, picks, side="right")
         offsets = picks - np.concatenate(([0], self._ends))[shard_of]
         window = self.seq_len + 1
-        rows = np.stack([self.shards.arrays[s][o : o + window] for s, o in zip(shard_of, offsets, strict=True)])
+        rows = np.stack(
+            [self.shards.arrays[s][o : o + window] for s, o in zip(shard_of, offsets, strict=True)]
+        )
         batch = torch.from_numpy(rows.astype(np.int64))  # (B, T + 1)
         return batch[:, :-1], batch[:, 1:]
 
@@ -262,8 +301,9 @@ class BatchLoader:
         self.position = int(state["position"])
 
 
-def iter_eval_batches(shards: TokenShards, batch_size: int, seq_len: int,
-                      max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_eval_batches(
+    shards: TokenShards, batch_size: int, seq_len: int, max_batches: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Consecutive non-overlapping windows of the split, in order, `batch_size` at a time.
 
     A split too short for one full window is read as one shorter window per file.

@@ -29,7 +29,13 @@ CODE_EXTENSIONS = (
     ".lua", ".sql", ".toml", ".yaml", ".yml", ".cfg", ".ini",
 )  # fmt: skip
 TEXT_EXTENSIONS = (".txt", ".md", ".rst", ".tex", ".html", ".org")
-DEFAULT_EXCLUDE = ("**/.git/**", "**/__pycache__/**", "**/node_modules/**", "**/.venv/**", "**/site-packages/**")
+DEFAULT_EXCLUDE = (
+    "**/.git/**",
+    "**/__pycache__/**",
+    "**/node_modules/**",
+    "**/.venv/**",
+    "**/site-packages/**",
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,9 @@ def domain_of(path: Path) -> str:
 
 def _matches(rel: str, patterns: Sequence[str]) -> bool:
     # fnmatch's "*" crosses "/"; a leading "**/" must also match at the top of the tree
-    return any(fnmatch.fnmatch(rel, p) or (p.startswith("**/") and fnmatch.fnmatch(rel, p[3:])) for p in patterns)
+    return any(
+        fnmatch.fnmatch(rel, p) or (p.startswith("**/") and fnmatch.fnmatch(rel, p[3:])) for p in patterns
+    )
 
 
 def iter_folder(
@@ -89,7 +97,9 @@ def iter_jsonl(
                     on_problem("malformed_jsonl", where, f"not valid JSON ({e})")
                     continue
                 if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    on_problem("missing_text_field", where, f"no string field {text_field!r} (see --text-field)")
+                    on_problem(
+                        "missing_text_field", where, f"no string field {text_field!r} (see --text-field)"
+                    )
                     continue
                 domain = record.get(domain_field)
                 yield RawDocument(
@@ -113,7 +123,9 @@ def iter_parquet(
         return
     names = parquet.schema_arrow.names
     if text_field not in names:
-        on_problem("missing_text_field", str(path), f"no column {text_field!r} (columns: {names}; see --text-field)")
+        on_problem(
+            "missing_text_field", str(path), f"no column {text_field!r} (columns: {names}; see --text-field)"
+        )
         return
     columns = [c for c in (text_field, domain_field, "id") if c in names]
     row = 0
@@ -147,8 +159,9 @@ def iter_stdlib(on_problem: OnProblem) -> Iterator[RawDocument]:
     from pydoc_data.topics import topics  # ships with CPython: the text of `help("topic")`
 
     for name in sorted(topics):
-        yield RawDocument(id=f"pydoc_data/{name}", data=topics[name], source=f"pydoc_data.topics[{name!r}]",
-                          domain="docs")
+        yield RawDocument(
+            id=f"pydoc_data/{name}", data=topics[name], source=f"pydoc_data.topics[{name!r}]", domain="docs"
+        )
 
 
 def iter_inputs(
@@ -168,16 +181,28 @@ def iter_inputs(
         path = Path(given)
         name = path.name.lower()
         if not path.exists():
-            raise DataError(f"input {given} does not exist; pass folders, .jsonl or .parquet files "
-                            "(or nothing, for the standard library corpus)")
+            raise DataError(
+                f"input {given} does not exist; pass folders, .jsonl or .parquet files "
+                "(or nothing, for the standard library corpus)"
+            )
         if path.is_dir():
             yield from iter_folder(path, include=include, exclude=exclude, on_problem=on_problem)
         elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            yield from iter_jsonl(path, text_field=text_field, domain_field=domain_field,
-                                  default_domain=path.name.split(".")[0], on_problem=on_problem)
+            yield from iter_jsonl(
+                path,
+                text_field=text_field,
+                domain_field=domain_field,
+                default_domain=path.name.split(".")[0],
+                on_problem=on_problem,
+            )
         elif name.endswith(".parquet"):
-            yield from iter_parquet(path, text_field=text_field, domain_field=domain_field,
-                                    default_domain=path.name.split(".")[0], on_problem=on_problem)
+            yield from iter_parquet(
+                path,
+                text_field=text_field,
+                domain_field=domain_field,
+                default_domain=path.name.split(".")[0],
+                on_problem=on_problem,
+            )
         elif path.is_file():
             try:
                 data = path.read_bytes()

@@ -18,13 +18,19 @@ import codecs
 class StreamDecoder:
     """Turns a stream of token ids into text pieces; the pieces concatenate to the decoded text."""
 
-    def __init__(self, token_bytes: list[bytes]) -> None:
+    def __init__(self, token_bytes: list[bytes], *, skip_prefix: bytes = b"") -> None:
         self._token_bytes = token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._skip = skip_prefix  # bytes the caller already has (token healing): dropped from the stream
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text it completes (often "", when a character is still partial)."""
-        return self._decoder.decode(self._token_bytes[token_id])
+        data = self._token_bytes[token_id]
+        if self._skip:
+            if not data.startswith(self._skip):
+                raise ValueError(f"token {token_id} does not start with the healed bytes {self._skip!r}")
+            data, self._skip = data[len(self._skip) :], b""
+        return self._decoder.decode(data)
 
     def flush(self) -> str:
         """End of stream: return what is left (U+FFFD for a character cut short) and reset."""

@@ -14,12 +14,16 @@ Design choices (after gpt-fast):
   across a `yield`, so the caller's code between tokens keeps its own autograd mode;
 - `generate_text` starts the prompt with EOS, the token that precedes every document in pretraining
   shards (shards hold documents each followed by EOS; BOS never occurs there), and stops on EOS or
-  end-of-turn; its text pieces come from `forge.infer.detok.StreamDecoder`, whole characters only.
+  end-of-turn; its text pieces come from `forge.infer.detok.StreamDecoder`, whole characters only;
+- token healing in `generate_text`: a prompt that ends inside what would be one token ("def " where the
+  tokenizer attaches the space to the next word) puts the model where training never did. The last
+  prompt token is taken back and the first new token must start with its bytes, so "def " continues as
+  " name(" would have been tokenized; those bytes are not emitted again.
 """
 
 import secrets
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -69,15 +73,20 @@ class Generation:
         *,
         eos_ids: Collection[int],
         device: torch.device,
+        first_token_mask: torch.Tensor | None = None,
+        on_token: Callable[[torch.Tensor, int], None] | None = None,
     ) -> None:
         self.model, self.config, self.device = model, config, device
         self.eos_ids = frozenset(eos_ids) if config.stop_on_eos else frozenset()
         self.prompt_ids = prompt_ids
         self.prompt_tokens = len(prompt_ids)
         self.generated_tokens = 0
+        self.output_ids: list[int] = []
         self.finish_reason: FinishReason | None = None
         self.prompt_tokens_per_s = 0.0
         self.tokens_per_s = 0.0
+        self.on_token = on_token  # called with the raw logits (V,) of each step and the id chosen
+        self.first_token_mask = first_token_mask  # (V,) bool: the tokens allowed first (token healing)
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
         self._ids = self._run()
@@ -95,7 +104,9 @@ class Generation:
         self.cache = KVCache.for_model(self.model, batch_size=1, max_seq_len=max_seq_len)
         prompt = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # (1, P)
         logits = prefill(self.model, prompt, self.cache)  # (1, V)
-        return int(sample(logits, self.config, self.generator))
+        if self.first_token_mask is not None:
+            logits = logits.masked_fill(~self.first_token_mask.to(logits.device), float("-inf"))
+        return self._pick(logits)
 
     @torch.inference_mode()
     def _decode(self, token_id: int, position: int) -> int:
@@ -103,7 +114,13 @@ class Generation:
         token = torch.tensor([token_id], dtype=torch.long, device=self.device)  # (1,)
         at = torch.tensor([position], dtype=torch.long, device=self.device)  # (1,)
         logits = decode_one_token(self.model, token, at, self.cache)  # (1, V)
-        return int(sample(logits, self.config, self.generator))  # int() waits for the device
+        return self._pick(logits)
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        token_id = int(sample(logits, self.config, self.generator))  # int() waits for the device
+        if self.on_token is not None:
+            self.on_token(logits[0], token_id)
+        return token_id
 
     def _run(self) -> Iterator[int]:
         started = time.perf_counter()
@@ -112,6 +129,7 @@ class Generation:
         position, decode_seconds = self.prompt_tokens, 0.0  # position: where token_id would be fed
         while token_id not in self.eos_ids:
             self.generated_tokens += 1
+            self.output_ids.append(token_id)
             yield token_id
             if self.generated_tokens == self.config.max_new_tokens or position == self.cache.max_seq_len:
                 self.finish_reason = "length"
@@ -162,9 +180,9 @@ def generate_ids(
 class TextGeneration:
     """Iterate for text pieces (whole characters); `generation` holds the ids' finish reason and speeds."""
 
-    def __init__(self, generation: Generation, token_bytes: list[bytes]) -> None:
+    def __init__(self, generation: Generation, token_bytes: list[bytes], *, skip_prefix: bytes = b"") -> None:
         self.generation = generation
-        self._pieces = self._run(StreamDecoder(token_bytes))
+        self._pieces = self._run(StreamDecoder(token_bytes, skip_prefix=skip_prefix))
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -187,9 +205,26 @@ def generate_text(
     config: SamplingConfig,
     *,
     device: torch.device | str | None = None,
+    heal: bool = True,
+    on_token: Callable[[torch.Tensor, int], None] | None = None,
 ) -> TextGeneration:
-    """Continue the text `prompt` as a new document; yields the generated text piece by piece."""
-    prompt_ids = [tokenizer.eos_id, *tokenizer.encode(prompt)]  # EOS: "a new document starts here"
+    """Continue the text `prompt` as a new document; yields the generated text piece by piece.
+
+    With `heal` (the default) the prompt's last token is regenerated under the constraint that it starts
+    with the same bytes (see the module docstring); the text yielded never repeats the prompt.
+    """
+    ids = tokenizer.encode(prompt)
+    token_bytes = tokenizer.token_bytes()
+    healed, mask = b"", None
+    if heal and ids:
+        healed = token_bytes[ids.pop()]
+        mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+        mask[[i for i, b in enumerate(token_bytes) if b.startswith(healed)]] = True
+    prompt_ids = [tokenizer.eos_id, *ids]  # EOS: "a new document starts here"
     eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-    generation = generate_ids(model, prompt_ids, config, eos_ids=eos_ids, device=device)
-    return TextGeneration(generation, tokenizer.token_bytes())
+    _check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    generation = Generation(
+        model, prompt_ids, config, eos_ids=eos_ids, device=device, first_token_mask=mask, on_token=on_token
+    )
+    return TextGeneration(generation, token_bytes, skip_prefix=healed)

@@ -45,7 +45,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, state["param_groups"]
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
@@ -155,7 +157,9 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     try:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: model weights do not fit this model ({e}); check --preset/--model.*") from e
+        raise CheckpointError(
+            f"{path}: model weights do not fit this model ({e}); check --preset/--model.*"
+        ) from e
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
         raise CheckpointError(
             f"{path}: checkpoint and model disagree (missing {missing[:3]}, unexpected {unexpected[:3]}); "

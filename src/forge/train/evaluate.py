@@ -34,7 +34,9 @@ def evaluate(
     total_tokens = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             logits = model(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")  # (B*T,)
         nbytes = token_bytes[y.flatten()]

@@ -149,8 +149,14 @@ def train(
 ) -> TrainState:
     """Train until `max_steps` or `max_minutes`; returns the final state (also on Ctrl-C)."""
     log = MetricsLog(Path(run_dir) / "metrics.jsonl", truncate_after_step=state.step)
-    bar = tqdm(total=None if config.max_minutes else config.max_steps, initial=state.step, unit="step", disable=not config.progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=None if config.max_minutes else config.max_steps,
+        initial=state.step,
+        unit="step",
+        disable=not config.progress,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
 
     last_saved = -1
 
@@ -160,8 +166,14 @@ def train(
             return
         last_saved = state.step
         payload = {"train_state": vars(state), "data": data_state()}
-        save_checkpoint(run_dir, step=state.step, model=model, optimizer=optimizer, state=payload,
-                        keep_last=config.keep_checkpoints)
+        save_checkpoint(
+            run_dir,
+            step=state.step,
+            model=model,
+            optimizer=optimizer,
+            state=payload,
+            keep_last=config.keep_checkpoints,
+        )
 
     def out_of_time() -> bool:
         return config.max_minutes > 0 and state.elapsed_s >= 60 * config.max_minutes
@@ -176,14 +188,21 @@ def train(
                 _log_eval(log, bar, state, evaluate(False))
             if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
                 bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
-            lr = config.lr * lr_multiplier(state.step, state.progress(config),
-                                           warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio)
+            lr = config.lr * lr_multiplier(
+                state.step,
+                state.progress(config),
+                warmup_steps=config.warmup_steps,
+                min_lr_ratio=config.min_lr_ratio,
+            )
             set_lr(optimizer, lr)
             for _ in range(config.grad_accum):
                 x, y = next_batch()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=config.autocast_dtype or torch.float32,
-                                    enabled=config.autocast_dtype is not None):
+                with torch.autocast(
+                    device.type,
+                    dtype=config.autocast_dtype or torch.float32,
+                    enabled=config.autocast_dtype is not None,
+                ):
                     loss = loss_fn(model, x, y) / config.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
@@ -197,21 +216,35 @@ def train(
             state.elapsed_s += time.perf_counter() - step_start
             bar.update(1)
             if _due(state.step, config.log_every) or state.step == config.max_steps:
-                window_steps = config.log_every if _due(state.step, config.log_every) else state.step % config.log_every
+                window_steps = (
+                    config.log_every if _due(state.step, config.log_every) else state.step % config.log_every
+                )
                 train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
                 now = time.perf_counter()
                 tokens_per_s = window_tokens / (now - window_start)
-                log.log({"step": state.step, "tokens": state.tokens, "train_loss": train_loss, "lr": lr,
-                         "tokens_per_s": tokens_per_s, "elapsed_s": round(state.elapsed_s, 3)})
+                log.log(
+                    {
+                        "step": state.step,
+                        "tokens": state.tokens,
+                        "train_loss": train_loss,
+                        "lr": lr,
+                        "tokens_per_s": tokens_per_s,
+                        "elapsed_s": round(state.elapsed_s, 3),
+                    }
+                )
                 bar.set_postfix_str(_postfix(train_loss, tokens_per_s, state, config), refresh=False)
                 if config.max_minutes:  # the budget, not max_steps, decides when this run ends: show that
                     left_s = max(0.0, 60 * config.max_minutes - state.elapsed_s)
-                    bar.total = min(config.max_steps, state.step + round(left_s * state.step / state.elapsed_s))
+                    bar.total = min(
+                        config.max_steps, state.step + round(left_s * state.step / state.elapsed_s)
+                    )
                 loss_sum.zero_()
                 window_start, window_tokens = now, 0
                 if not math.isfinite(train_loss):
-                    raise FloatingPointError(f"training loss became {train_loss} at step {state.step}; "
-                                             "lower --lr or use --dtype float32")
+                    raise FloatingPointError(
+                        f"training loss became {train_loss} at step {state.step}; "
+                        "lower --lr or use --dtype float32"
+                    )
             if _due(state.step, config.checkpoint_every):
                 checkpoint()
     except KeyboardInterrupt:
@@ -227,7 +260,12 @@ def train(
 
 
 def _log_eval(log: MetricsLog, bar: tqdm | None, state: TrainState, result: dict[str, float]) -> None:
-    record = {"step": state.step, "tokens": state.tokens, "val_loss": result["loss"], "val_bpb": result["bpb"]}
+    record = {
+        "step": state.step,
+        "tokens": state.tokens,
+        "val_loss": result["loss"],
+        "val_bpb": result["bpb"],
+    }
     log.log(record | {k: v for k, v in result.items() if k not in ("loss", "bpb")})
     message = f"step {state.step}: val loss {result['loss']:.4f}, val bits/byte {result['bpb']:.4f}"
     if bar is not None:

@@ -54,10 +54,22 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str = 
         xs = [r["tokens"] / 1e6 for r in train]
         ax_loss.plot(xs, [r["train_loss"] for r in train], label="train", color="#4c72b0", lw=1.2)
     if val:
-        ax_loss.plot([r["tokens"] / 1e6 for r in val], [r["val_loss"] for r in val], "o-", label="validation",
-                     color="#dd8452", ms=4)
-        ax_bpb.plot([r["tokens"] / 1e6 for r in val], [r["val_bpb"] for r in val], "o-", color="#55a868", ms=4,
-                    label="model")
+        ax_loss.plot(
+            [r["tokens"] / 1e6 for r in val],
+            [r["val_loss"] for r in val],
+            "o-",
+            label="validation",
+            color="#dd8452",
+            ms=4,
+        )
+        ax_bpb.plot(
+            [r["tokens"] / 1e6 for r in val],
+            [r["val_bpb"] for r in val],
+            "o-",
+            color="#55a868",
+            ms=4,
+            label="model",
+        )
         unigram = next((r["unigram_bpb"] for r in reversed(records) if "unigram_bpb" in r), None)
         if unigram is not None and math.isfinite(unigram):
             ax_bpb.axhline(unigram, ls="--", color="gray", label=f"unigram baseline ({unigram:.2f})")

@@ -24,7 +24,9 @@ def build_optimizer(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8, fused=fused, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        groups, lr=lr, betas=betas, eps=1e-8, fused=fused, foreach=None if fused else True
+    )
 
 
 def lr_multiplier(step: int, progress: float, *, warmup_steps: int, min_lr_ratio: float) -> float:

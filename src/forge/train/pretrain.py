@@ -70,7 +70,9 @@ def load_data(config: PretrainConfig) -> tuple[TokenShards, TokenShards, Tokeniz
     train_shards, val_shards = TokenShards(config.data, "train"), TokenShards(config.data, "val")
     tokenizer_dir = config.tokenizer or train_shards.meta.get("tokenizer", "")
     if not tokenizer_dir:
-        raise ConfigError(f"{config.data}/meta.json does not say which tokenizer made it; pass --tokenizer DIR")
+        raise ConfigError(
+            f"{config.data}/meta.json does not say which tokenizer made it; pass --tokenizer DIR"
+        )
     tokenizer = Tokenizer.load(tokenizer_dir)
     expected = train_shards.meta.get("tokenizer_fingerprint")
     if expected and expected != tokenizer.fingerprint():
@@ -90,16 +92,25 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     seed_everything(config.seed)
     run_dir = Path(config.out)
     if not config.resume and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
 
     train_shards, val_shards, tokenizer = load_data(config)
     model_config = _setup_model_config(config, tokenizer, run_dir)
     seq_len = config.seq_len or model_config.context_length
     if seq_len > model_config.context_length:
-        raise ConfigError(f"--seq-len {seq_len} exceeds the model's context length {model_config.context_length}")
+        raise ConfigError(
+            f"--seq-len {seq_len} exceeds the model's context length {model_config.context_length}"
+        )
     model = Transformer(model_config).to(device)
-    optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2), device=device)
+    optimizer = build_optimizer(
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(config.beta1, config.beta2),
+        device=device,
+    )
     loader = BatchLoader(train_shards, config.batch_size, seq_len, seed=config.seed)
     state = TrainState()
     if config.resume:
@@ -126,25 +137,57 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         return sample_text(model, tokenizer, config.sample_prompt, device=device)
 
     n_params = model.num_parameters()
-    print(f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, dim {model_config.dim}, "
-          f"context {model_config.context_length} | data: {len(train_shards):,} train tokens | "
-          f"device {device}, {threads} threads, {config.dtype}")
-    state = train(model, optimizer, config, run_dir=run_dir, next_batch=loader.next_batch,
-                  data_state=loader.state_dict, state=state, device=device, evaluate=run_eval, sample=run_sample)
+    print(
+        f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, dim {model_config.dim}, "
+        f"context {model_config.context_length} | data: {len(train_shards):,} train tokens | "
+        f"device {device}, {threads} threads, {config.dtype}"
+    )
+    state = train(
+        model,
+        optimizer,
+        config,
+        run_dir=run_dir,
+        next_batch=loader.next_batch,
+        data_state=loader.state_dict,
+        state=state,
+        device=device,
+        evaluate=run_eval,
+        sample=run_sample,
+    )
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
-    return _finish(run_dir, model, tokenizer, config, state, train_shards, val_shards, seq_len, token_bytes,
-                   n_params, started)
+    return _finish(
+        run_dir,
+        model,
+        tokenizer,
+        config,
+        state,
+        train_shards,
+        val_shards,
+        seq_len,
+        token_bytes,
+        n_params,
+        started,
+    )
 
 
-def sample_text(model: Transformer, tokenizer: Tokenizer, prompt: str, *, device: torch.device,
-                max_new_tokens: int = 96, seed: int = 0) -> str:
+def sample_text(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt: str,
+    *,
+    device: torch.device,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> str:
     """A short seeded sample from the model, prompt included."""
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
     return prompt + "".join(generate_text(model, tokenizer, prompt, sampling, device=device))
 
 
-def _write_run_files(run_dir: Path, config: PretrainConfig, model_config: ModelConfig, tokenizer: Tokenizer) -> None:
+def _write_run_files(
+    run_dir: Path, config: PretrainConfig, model_config: ModelConfig, tokenizer: Tokenizer
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = run_dir / "tokenizer"
     if tokenizer_dir.exists():
@@ -153,17 +196,30 @@ def _write_run_files(run_dir: Path, config: PretrainConfig, model_config: ModelC
     write_json(run_dir / "config.json", {"model": to_dict(model_config), "train": to_dict(config)})
 
 
-def _finish(run_dir: Path, model: Transformer, tokenizer: Tokenizer, config: PretrainConfig, state: TrainState,
-            train_shards: TokenShards, val_shards: TokenShards, seq_len: int, token_bytes: torch.Tensor,
-            n_params: int, started: float) -> dict[str, Any]:
+def _finish(
+    run_dir: Path,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    config: PretrainConfig,
+    state: TrainState,
+    train_shards: TokenShards,
+    val_shards: TokenShards,
+    seq_len: int,
+    token_bytes: torch.Tensor,
+    n_params: int,
+    started: float,
+) -> dict[str, Any]:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     final_eval = next(r for r in reversed(metrics) if "val_loss" in r)
     counts = unigram_counts(train_shards, model.config.vocab_size)
-    unigram = unigram_bpb(counts, iter_eval_batches(val_shards, config.batch_size, seq_len),
-                          token_bytes.numpy())
+    unigram = unigram_bpb(
+        counts, iter_eval_batches(val_shards, config.batch_size, seq_len), token_bytes.numpy()
+    )
     save_model(model, run_dir, extra_config={"train": to_dict(config)})
-    samples = {prompt: sample_text(model, tokenizer, prompt, device=next(model.parameters()).device)
-               for prompt in (config.sample_prompt,)}
+    samples = {
+        prompt: sample_text(model, tokenizer, prompt, device=next(model.parameters()).device)
+        for prompt in (config.sample_prompt,)
+    }
     summary = {
         "steps": state.step,
         "tokens": state.tokens,
