@@ -36,7 +36,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="demo_out", help="working directory for data and the run")
-    parser.add_argument("--minutes", type=float, default=11.0, help="training wall-clock budget")
+    parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     parser.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
     args = parser.parse_args()
 
@@ -55,8 +55,8 @@ def main() -> None:
         "pretrain", "--preset", "small", "--data", str(tokens), "--tokenizer", str(tokenizer),
         "--out", str(run),
         "--max-minutes", str(args.minutes), "--max-steps", "100000",
-        "--batch-size", "8", "--seq-len", "256", "--lr", "3e-3", "--warmup-steps", "50",
-        "--eval-every", "250", "--eval-batches", "8", "--checkpoint-every", "250", "--sample-every", "500",
+        "--model.context-length", "256", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "50",
+        "--eval-every", "500", "--eval-batches", "8", "--checkpoint-every", "250", "--sample-every", "500",
     )  # fmt: skip
     for prompt in PROMPTS:
         seconds[f"generate {prompt!r}"] = forge(

@@ -1,16 +1,23 @@
 """Sampling: config validation, each logits processor against a hand-computed example, and `sample`."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from forge.config import build, field_docs
 from forge.errors import ConfigError
 from forge.infer.sampling import (
     SamplingConfig,
+    apply_logit_bias,
+    apply_min_p,
+    apply_presence_frequency,
+    apply_repetition_penalty,
     apply_temperature,
     apply_top_k,
     apply_top_p,
+    count_tokens,
     process_logits,
     sample,
 )
@@ -31,12 +38,56 @@ def _kept(logits: torch.Tensor) -> set[int]:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("max_new_tokens", 0), ("temperature", -0.1), ("temperature", 2.5), ("top_k", -1), ("top_p", 0.0),
-     ("top_p", 1.5), ("seed", -3)],
+     ("top_p", 1.5), ("seed", -3), ("min_p", -0.1), ("min_p", 1.5), ("repetition_penalty", 0.0),
+     ("repetition_penalty", -1.2), ("presence_penalty", 2.5), ("frequency_penalty", -2.1),
+     ("min_new_tokens", -1), ("min_new_tokens", 129), ("n", 0), ("num_beams", 0)],
 )  # fmt: skip
 def test_config_rejects_bad_values_naming_the_flag(field: str, value: float) -> None:
     flag = "--" + field.replace("_", "-")
     with pytest.raises(ConfigError, match=flag):
         SamplingConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"stop": ("a", "b", "c", "d", "e")}, "--stop"),
+     ({"stop": ("",)}, "--stop"),
+     ({"num_beams": 4}, "--num-beams 4 .* requires --temperature 0"),  # default temperature is 0.8
+     ({"num_beams": 2, "temperature": 0, "n": 3}, "--n"),
+     ({"num_beams": 2, "temperature": 0, "length_penalty": 3.0}, "--length-penalty"),
+     ({"length_penalty": 0.5}, "--length-penalty"),  # only for beam search
+     ({"early_stopping": True}, "--early-stopping"),
+     ({"max_new_tokens": 5, "min_new_tokens": 6}, "--min-new-tokens")],
+)  # fmt: skip
+def test_config_rejects_bad_combinations_naming_the_flag(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SamplingConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_accepts_valid_new_settings_and_documents_every_field() -> None:
+    config = SamplingConfig(
+        min_p=0.1, repetition_penalty=1.2, presence_penalty=-2, frequency_penalty=2, min_new_tokens=128,
+        stop=("\n\n", "###"), n=2, num_beams=3, temperature=0, length_penalty=0.6, early_stopping=True,
+        truncate_prompt=True,
+    )  # fmt: skip
+    assert config.num_beams == 3 and config.stop == ("\n\n", "###")
+    fields = set(SamplingConfig.__dataclass_fields__)
+    assert set(field_docs(SamplingConfig)) == fields, "every field needs a docstring (it is its --help)"
+
+
+def test_logit_bias_parses_from_the_command_line_form() -> None:
+    config = build(SamplingConfig, {"logit_bias": "50:-100,7:2.5"})  # as `--logit-bias 50:-100,7:2.5`
+    assert config.logit_bias == ("50:-100", "7:2.5")
+    assert config.logit_bias_map == {50: -100.0, 7: 2.5}
+    assert SamplingConfig().logit_bias_map == {}
+    with pytest.raises(ConfigError, match="--logit-bias gives token 5 twice"):
+        SamplingConfig(logit_bias=("5:1", "5:2"))
+
+
+@pytest.mark.parametrize("entry", ["50", "x:1", "5:abc", "5:100.5", "-1:3", "5:nan", ":2", "5:-inf"])
+def test_logit_bias_rejects_bad_entries_naming_the_flag(entry: str) -> None:
+    with pytest.raises(ConfigError, match="--logit-bias"):
+        SamplingConfig(logit_bias=(entry,))
 
 
 def test_config_defaults_and_greedy() -> None:
@@ -121,3 +172,174 @@ def test_sample_is_reproducible_with_a_generator() -> None:
     assert torch.equal(draws[0], draws[1])
     many = [sample(logits[:1].expand(64, -1), config, torch.Generator().manual_seed(s)) for s in (7, 8)]
     assert not torch.equal(many[0], many[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the new processors, each against a hand-computed example
+
+
+def test_logit_bias_adds_a_shared_or_per_row_bias() -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+    shared = apply_logit_bias(logits, torch.tensor([-100.0, 0.0, 2.5]))  # (V,)
+    assert torch.equal(shared, torch.tensor([[-100.0, 1.0, 4.5], [-97.0, 3.0, 5.5]]))
+    per_row = apply_logit_bias(logits, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]))  # (B, V)
+    assert torch.equal(per_row, torch.tensor([[1.0, 1.0, 2.0], [3.0, 3.0, 2.0]]))
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0, 0.0], [2.0, -1.0, 0.5, -3.0, 0.0]])
+    seen = torch.tensor([[True, True, False, False, True], [True, True, True, True, True]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert torch.equal(out[0], torch.tensor([1.0, -2.0, 0.5, -3.0, 0.0]))  # unseen 0.5, -3 unchanged
+    assert torch.equal(out[1], torch.tensor([1.0, -2.0, 0.25, -6.0, 0.0]))
+    per_row = apply_repetition_penalty(logits, seen, torch.tensor([4.0, 1.0]))  # row 1: off
+    assert torch.equal(per_row, torch.tensor([[0.5, -4.0, 0.5, -3.0, 0.0], [2.0, -1.0, 0.5, -3.0, 0.0]]))
+    assert apply_repetition_penalty(logits, seen, 1.0) is logits
+
+
+def test_presence_and_frequency_penalties_follow_the_counts() -> None:
+    logits = torch.ones(2, 4)
+    counts = torch.tensor([[0, 1, 3, 0], [2, 0, 0, 1]], dtype=torch.int32)
+    out = apply_presence_frequency(logits, counts, 0.5, 0.25)
+    # logit - 0.5 * (count > 0) - 0.25 * count: count 1 → 1 - 0.5 - 0.25, count 3 → 1 - 0.5 - 0.75
+    assert torch.equal(out, torch.tensor([[1.0, 0.25, -0.25, 1.0], [0.0, 1.0, 1.0, 0.25]]))
+    per_row = apply_presence_frequency(logits, counts, torch.tensor([0.5, 0.0]), torch.tensor([0.25, 1.0]))
+    assert torch.equal(per_row, torch.tensor([[1.0, 0.25, -0.25, 1.0], [-1.0, 1.0, 1.0, 0.0]]))
+    negative = apply_presence_frequency(logits[:1], counts[:1], -1.0, 0.0)  # negative encourages repeats
+    assert torch.equal(negative, torch.tensor([[1.0, 2.0, 2.0, 1.0]]))
+    assert apply_presence_frequency(logits, counts, 0.0, 0.0) is logits
+
+
+def test_temperature_per_row() -> None:
+    logits = torch.tensor([[1.0, 2.0], [1.0, 2.0]])
+    assert torch.equal(
+        apply_temperature(logits, torch.tensor([0.5, 2.0])), torch.tensor([[2.0, 4.0], [0.5, 1.0]])
+    )
+    with pytest.raises(ValueError):
+        apply_temperature(logits, torch.tensor([1.0, 0.0]))
+
+
+def test_top_k_per_row_with_0_meaning_off() -> None:
+    logits = torch.tensor(
+        [[1.0, 5.0, 3.0, 4.0], [9.0, 0.0, 2.0, 2.5], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 3.0, 1.0]]
+    )
+    out = apply_top_k(logits, torch.tensor([2, 0, 1, 2]))
+    expected = [[-INF, 5.0, -INF, 4.0], [9.0, 0.0, 2.0, 2.5], [-INF, -INF, -INF, 4.0], [4.0, 3.0, 3.0, -INF]]
+    assert torch.equal(out, torch.tensor(expected))  # last row: ties with the k-th are kept
+    assert torch.equal(apply_top_k(logits[:1], torch.tensor([7])), logits[:1]), "k >= V keeps everything"
+
+
+def test_top_p_per_row_with_1_meaning_off() -> None:
+    logits = torch.cat([_logits(PROBS), _logits(PROBS), _logits(PROBS)])  # (3, V)
+    out = apply_top_p(logits, torch.tensor([0.6, 1.0, 0.85]))
+    assert torch.isfinite(out).tolist() == [[True, False, True, False], [True] * 4, [True, False, True, True]]
+
+
+@pytest.mark.parametrize(
+    ("min_p", "expected"),
+    [(0.5, {2, 0}),  # threshold 0.5 * 0.5 = 0.25: keeps 0.5 and 0.3
+     (0.2, {2, 0, 3}),  # threshold 0.1: keeps 0.15 too, not 0.05
+     (0.05, {2, 0, 3, 1}),  # threshold 0.025
+     (1.0, {2})],  # only the most likely token
+)  # fmt: skip
+def test_min_p_keeps_tokens_above_a_fraction_of_the_top_probability(min_p: float, expected: set[int]) -> None:
+    out = apply_min_p(_logits(PROBS), min_p)
+    assert _kept(out) == expected
+    kept = sorted(expected)
+    assert torch.allclose(out[0, kept], _logits(PROBS)[0, kept]), "kept logits are unchanged"
+
+
+def test_min_p_per_row_with_0_meaning_off() -> None:
+    logits = torch.cat([_logits(PROBS), _logits(PROBS)])  # (2, V)
+    out = apply_min_p(logits, torch.tensor([0.5, 0.0]))
+    assert torch.isfinite(out).tolist() == [[True, False, True, False], [True] * 4]
+    assert apply_min_p(logits, 0.0) is logits
+
+
+def test_count_tokens_counts_each_id_and_skips_padding() -> None:
+    counts = count_tokens(torch.tensor([[3, 1, 3, -1], [0, 0, 0, 4]]), vocab_size=5)
+    assert counts.tolist() == [[0, 1, 0, 2, 0], [3, 0, 0, 0, 1]]
+
+
+def _on(processor: str, logits: torch.Tensor) -> torch.Tensor:
+    B, V = logits.shape
+    seen, counts = torch.ones(B, V, dtype=torch.bool), torch.full((B, V), 2)
+    calls = {
+        "bias": lambda: apply_logit_bias(logits, torch.ones(V)),
+        "repetition": lambda: apply_repetition_penalty(logits, seen, torch.full((B,), 1.5)),
+        "presence_frequency": lambda: apply_presence_frequency(logits, counts, 0.5, torch.full((B,), 0.5)),
+        "temperature": lambda: apply_temperature(logits, torch.full((B,), 0.7)),
+        "top_k": lambda: apply_top_k(logits, torch.full((B,), 3)),
+        "top_k_int": lambda: apply_top_k(logits, 3),
+        "top_p": lambda: apply_top_p(logits, torch.full((B,), 0.5)),
+        "min_p": lambda: apply_min_p(logits, torch.full((B,), 0.3)),
+    }
+    return calls[processor]()
+
+
+@pytest.mark.parametrize(
+    "processor",
+    ["bias", "repetition", "presence_frequency", "temperature", "top_k", "top_k_int", "top_p", "min_p"],
+)
+def test_processors_return_a_new_tensor_and_leave_their_input_alone(processor: str) -> None:
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    original = logits.clone()
+    out = _on(processor, logits)
+    assert out is not logits and not torch.equal(out, original)
+    assert torch.equal(logits, original), "processors must not edit their input"
+
+
+def test_process_logits_applies_bias_then_penalties_then_temperature() -> None:
+    logits = torch.tensor([[1.0, 3.0, 0.0, 2.0]])
+    seen = torch.tensor([[True, False, False, False]])
+    counts = torch.tensor([[1, 0, 0, 0]])
+    config = SamplingConfig(
+        logit_bias=("0:-2",), repetition_penalty=2.0, presence_penalty=0.5, temperature=0.5
+    )
+    # token 0: bias 1 - 2 = -1, repetition (negative) -1 * 2 = -2, presence -2 - 0.5 = -2.5, T: -2.5 / 0.5
+    out = process_logits(logits, config, seen=seen, counts=counts)
+    assert torch.equal(out, torch.tensor([[-5.0, 6.0, 0.0, 4.0]]))
+    # greedy: the same steps 1-3, no temperature
+    greedy = process_logits(logits, dataclasses.replace(config, temperature=0.0), seen=seen, counts=counts)
+    assert torch.equal(greedy, torch.tensor([[-2.5, 3.0, 0.0, 2.0]]))
+
+
+def test_process_logits_applies_min_p_after_top_p() -> None:
+    # top_p 0.82 keeps 0.5, 0.3, 0.15 (0.8 before it < 0.82); min_p 0.2 (threshold 0.1) then keeps them all.
+    # The other way round, min_p would drop 0.05 first and top_p over the renormalised 0.526, 0.316, 0.158
+    # would stop at 0.842 >= 0.82, dropping token 3.
+    config = SamplingConfig(temperature=1.0, top_p=0.82, min_p=0.2)
+    assert _kept(process_logits(_logits(PROBS), config)) == {2, 0, 3}
+    assert _kept(apply_top_p(apply_min_p(_logits(PROBS), 0.2), 0.82)) == {2, 0}
+
+
+def test_process_logits_needs_the_statistics_its_penalties_use() -> None:
+    logits = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match="seen"):
+        process_logits(logits, SamplingConfig(repetition_penalty=1.2))
+    with pytest.raises(ValueError, match="counts"):
+        process_logits(logits, SamplingConfig(frequency_penalty=0.5))
+    with pytest.raises(ConfigError, match="--logit-bias"):
+        process_logits(logits, SamplingConfig(logit_bias=("4:1",)))  # id 4 is outside a vocabulary of 4
+
+
+def test_greedy_applies_penalties_and_bias_before_the_argmax() -> None:
+    logits = torch.tensor([[2.0, 1.5, 0.0]])
+    assert sample(logits, SamplingConfig(temperature=0)).item() == 0
+    seen = torch.tensor([[True, False, False]])
+    penalised = SamplingConfig(temperature=0, repetition_penalty=2.0)  # 2.0 → 1.0 < 1.5
+    assert sample(logits, penalised, seen=seen).item() == 1
+    counts = torch.tensor([[1, 0, 0]])
+    present = SamplingConfig(temperature=0, presence_penalty=1.0)  # 2.0 → 1.0 < 1.5
+    assert sample(logits, present, counts=counts).item() == 1
+    assert sample(logits, SamplingConfig(temperature=0, logit_bias=("2:5",))).item() == 2
+    assert sample(logits, SamplingConfig(temperature=0, logit_bias=("0:-100",))).item() == 1
+
+
+def test_sample_never_draws_a_banned_or_min_p_cut_token() -> None:
+    logits = _logits(PROBS).expand(2000, -1)  # (N, V)
+    config = SamplingConfig(temperature=1.0, min_p=0.2, logit_bias=("2:-100",))
+    ids = sample(logits, config, torch.Generator().manual_seed(2))
+    # token 2 banned, token 0 (0.3) is the most likely: min_p 0.2 keeps >= 0.06, so 0.15 but not 0.05
+    assert set(ids.tolist()) == {0, 3}
+    assert abs((ids == 0).float().mean().item() - 0.3 / 0.45) < 0.04

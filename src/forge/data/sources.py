@@ -86,7 +86,7 @@ def iter_jsonl(
     """One document per line of a JSON Lines file (`.jsonl` or `.jsonl.gz`); bad lines are reported."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as f:  # type: ignore[operator]
+        with opener(path, "rb") as f:
             for number, line in enumerate(f, start=1):
                 where = f"{path}:{number}"
                 if not line.strip():

@@ -9,10 +9,21 @@ Design choices:
   the stream must not crash on them, so each invalid sequence becomes one U+FFFD, exactly what
   `bytes.decode("utf-8", errors="replace")` of the whole output would give. Valid text never yields one;
 - special tokens stand for no bytes (b"") and print nothing; the engine stops on them instead;
-- stop strings (planned) belong here: they must be matched on text, across token boundaries.
+- stop strings are matched on text, not on tokens: a stop can span several tokens and a token can hold
+  a stop plus more text. `StopStrings` sits after `StreamDecoder` and holds back any tail of the text
+  that is a proper prefix of a stop string (it may still become one), so nothing is emitted twice or
+  taken back, and it keeps less than the longest stop string: per-piece work is bounded by the piece and
+  the stop strings, never the whole history;
+- the output is cut where the first stop occurrence *starts*, whichever way the text was split into
+  pieces: a stop completed behind an earlier, still-possible one waits for that one to be decided. Of
+  stops starting at the same place the shortest is `matched`: it completes first, so the stream can stop
+  at once and the choice does not depend on the split (the cut is the same either way).
 """
 
 import codecs
+from collections.abc import Sequence
+
+MAX_STOP_STRINGS = 4
 
 
 class StreamDecoder:
@@ -37,3 +48,61 @@ class StreamDecoder:
         text = self._decoder.decode(b"", final=True)
         self._decoder.reset()
         return text
+
+
+class StopStrings:
+    """Cuts a stream of text pieces before the first stop string; emits text once no stop can start in it.
+
+    After each `push` (or `flush`), `stopped` says whether a stop string was found and `matched` which one;
+    `flush` can still find one that waited behind an earlier, longer candidate.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        if isinstance(stops, str):
+            raise TypeError("pass a sequence of stop strings, not one string")
+        if not 1 <= len(stops) <= MAX_STOP_STRINGS or not all(stops):
+            raise ValueError(f"expected 1 to {MAX_STOP_STRINGS} non-empty stop strings, got {list(stops)!r}")
+        self._stops = sorted(set(stops), key=len)  # shortest first: it wins a tie at one position
+        self._longest = len(self._stops[-1])
+        self._held = ""  # not yet emitted: starts where a stop string may begin (shorter than the longest)
+        self.stopped = False
+        self.matched: str | None = None
+
+    def push(self, text: str) -> str:
+        """Add the next piece of text; return what is now safe to emit ("" once stopped)."""
+        if self.stopped:
+            return ""
+        text = self._held + text
+        start, stop = self._first_stop(text)
+        open_at = self._first_open(text)
+        if stop is not None and start <= open_at:  # nothing earlier can still become a stop
+            self.stopped, self.matched, self._held = True, stop, ""
+            return text[:start]
+        self._held = text[open_at:]
+        return text[:open_at]
+
+    def flush(self) -> str:
+        """End of stream: return the held-back text, cut before a stop string it already holds."""
+        text, self._held = self._held, ""
+        start, stop = self._first_stop(text)
+        if stop is not None:
+            self.stopped, self.matched = True, stop
+        return text[:start]
+
+    def _first_stop(self, text: str) -> tuple[int, str | None]:
+        """Start of the earliest complete stop string in text, and which (the shortest on a tie)."""
+        best = len(text)
+        matched: str | None = None
+        for stop in self._stops:
+            i = text.find(stop, 0, best - 1 + len(stop))  # only occurrences starting before the best
+            if i != -1:
+                best, matched = i, stop
+        return best, matched
+
+    def _first_open(self, text: str) -> int:
+        """Earliest i where text[i:] is a proper prefix of a stop string (may complete), else len(text)."""
+        for i in range(max(0, len(text) - self._longest + 1), len(text)):
+            tail = text[i:]
+            if any(len(stop) > len(tail) and stop.startswith(tail) for stop in self._stops):
+                return i
+        return len(text)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from forge.errors import ForgeError
-from forge.infer.detok import StreamDecoder
+from forge.infer.detok import StopStrings, StreamDecoder
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, sample
 
@@ -41,12 +41,20 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length"]
 
 
-def prefill(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-    """Run prompts (B, T) at positions 0..T-1, filling `cache`; return the last position's logits (B, V)."""
+def prefill(
+    model: nn.Module, input_ids: torch.Tensor, cache: KVCache, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Run prompts (B, T) at positions 0..T-1, filling `cache`; return each row's last logits (B, V).
+
+    Prompts of different lengths are right-padded to T and `lengths` (B,) gives the real ones: a row's
+    padding lands in cache slots after its prompt, which its decode steps overwrite before reading them.
+    """
     B, T = input_ids.shape
     positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, T), one row shared by all
     logits = model(input_ids, positions=positions, cache=cache)  # (B, T, V)
-    return logits[:, -1]
+    if lengths is None:
+        return logits[:, -1]
+    return logits[torch.arange(B, device=logits.device), lengths - 1]  # (B, V)
 
 
 def decode_one_token(
@@ -89,6 +97,14 @@ class Generation:
         self.first_token_mask = first_token_mask  # (V,) bool: the tokens allowed first (token healing)
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        # token statistics for the repetition / presence / frequency penalties, kept only when used
+        self.seen: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
+        if config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty:
+            vocab = model.config.vocab_size
+            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+            self.seen[0, prompt_ids] = True
+            self.counts = torch.zeros(1, vocab, dtype=torch.int32, device=device)
         self._ids = self._run()
 
     def __iter__(self) -> Iterator[int]:
@@ -117,7 +133,13 @@ class Generation:
         return self._pick(logits)
 
     def _pick(self, logits: torch.Tensor) -> int:
-        token_id = int(sample(logits, self.config, self.generator))  # int() waits for the device
+        if self.generated_tokens < self.config.min_new_tokens and self.eos_ids:
+            logits = logits.clone()
+            logits[:, sorted(self.eos_ids)] = float("-inf")
+        token_id = int(sample(logits, self.config, self.generator, seen=self.seen, counts=self.counts))
+        if self.seen is not None and self.counts is not None:
+            self.seen[0, token_id] = True
+            self.counts[0, token_id] += 1
         if self.on_token is not None:
             self.on_token(logits[0], token_id)
         return token_id
@@ -142,14 +164,27 @@ class Generation:
         self.finish_reason = "stop"
 
 
-def _check_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
+def fit_prompt(prompt_ids: list[int], config: SamplingConfig, context_length: int) -> list[int]:
+    """The prompt, left-truncated to fit the context when `config.truncate_prompt` asks for it.
+
+    Truncation keeps the most recent tokens and leaves room for `max_new_tokens` when it can, but always
+    keeps at least half the context of prompt.
+    """
+    if len(prompt_ids) <= context_length or not config.truncate_prompt:
+        return prompt_ids
+    keep = max(context_length - config.max_new_tokens, (context_length + 1) // 2)
+    return prompt_ids[-keep:]
+
+
+def check_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
+    """Raise a ForgeError for an empty prompt, one longer than the context, or ids outside the vocabulary."""
     if not prompt_ids:
         raise ForgeError("the prompt has no tokens; give at least one (e.g. start it with the EOS/BOS id)")
     if len(prompt_ids) > context_length:
         raise ForgeError(
             f"the prompt has {len(prompt_ids)} tokens but the model's context holds {context_length}; "
-            f"shorten the prompt by at least {len(prompt_ids) - context_length} tokens, and leave room "
-            "for the --max-new-tokens you want generated"
+            f"shorten the prompt by at least {len(prompt_ids) - context_length} tokens (leaving room "
+            "for the --max-new-tokens you want generated), or pass --truncate-prompt to keep its end"
         )
     bad = [i for i in prompt_ids if not 0 <= i < vocab_size]
     if bad:
@@ -172,7 +207,8 @@ def generate_ids(
     Stops at any of `eos_ids` (not yielded; only if `config.stop_on_eos`), after `config.max_new_tokens`,
     or when the model's context is full. `device` defaults to the model's.
     """
-    _check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
+    prompt_ids = fit_prompt(prompt_ids, config, model.config.context_length)
+    check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
     device = next(model.parameters()).device if device is None else torch.device(device)
     return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=device)
 
@@ -182,6 +218,7 @@ class TextGeneration:
 
     def __init__(self, generation: Generation, token_bytes: list[bytes], *, skip_prefix: bytes = b"") -> None:
         self.generation = generation
+        self.stop_string: str | None = None  # the stop string that ended the text, if one did
         self._pieces = self._run(StreamDecoder(token_bytes, skip_prefix=skip_prefix))
 
     def __iter__(self) -> Iterator[str]:
@@ -191,10 +228,23 @@ class TextGeneration:
         return next(self._pieces)
 
     def _run(self, decoder: StreamDecoder) -> Iterator[str]:
+        stops = StopStrings(self.generation.config.stop) if self.generation.config.stop else None
         for token_id in self.generation:
-            if text := decoder.push(token_id):
+            text = decoder.push(token_id)
+            if stops is not None:
+                text = stops.push(text)
+            if text:
                 yield text
-        if text := decoder.flush():
+            if stops is not None and stops.stopped:
+                self.generation.finish_reason, self.stop_string = "stop", stops.matched
+                return
+        text = decoder.flush()
+        if stops is not None:
+            text = stops.push(text)
+            text += "" if stops.stopped else stops.flush()
+            if stops.stopped:
+                self.generation.finish_reason, self.stop_string = "stop", stops.matched
+        if text:
             yield text
 
 
@@ -220,9 +270,11 @@ def generate_text(
         healed = token_bytes[ids.pop()]
         mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
         mask[[i for i, b in enumerate(token_bytes) if b.startswith(healed)]] = True
-    prompt_ids = [tokenizer.eos_id, *ids]  # EOS: "a new document starts here"
+    prompt_ids = fit_prompt(
+        [tokenizer.eos_id, *ids], config, model.config.context_length
+    )  # EOS: a new document
     eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-    _check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
+    check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
     device = next(model.parameters()).device if device is None else torch.device(device)
     generation = Generation(
         model, prompt_ids, config, eos_ids=eos_ids, device=device, first_token_mask=mask, on_token=on_token

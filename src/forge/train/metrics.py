@@ -17,7 +17,8 @@ class MetricsLog:
         if truncate_after_step is not None and self.path.exists():
             # on resume, drop records written after the checkpoint we resume from: they will be redone
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after_step]
-            write_with(self.path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            write_with(self.path, lambda tmp: None if tmp.write_text(text) else None)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def log(self, record: dict[str, Any]) -> None:
