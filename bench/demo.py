@@ -4,6 +4,10 @@ Runs every stage through the `forge` command, as a user would type it, and times
 
     prepare → tokenizer → tokenize → pretrain (`small`, bounded wall clock) → generate → eval
 
+The model is the `small` preset's width (256) with 6 layers instead of 10 and a 256-token context: with
+12 minutes of two CPU cores the run is compute-bound, and the shallower model reads 1.5x more tokens
+in that time (measured: 40.5% vs 33.4% below the unigram bits per byte with 10 layers).
+
 At the end it prints the model's validation bits per byte next to a unigram model's on the same
 validation tokens, and writes bench/results/demo.json.
 """
@@ -55,7 +59,8 @@ def main() -> None:
         "pretrain", "--preset", "small", "--data", str(tokens), "--tokenizer", str(tokenizer),
         "--out", str(run),
         "--max-minutes", str(args.minutes), "--max-steps", "100000",
-        "--model.context-length", "256", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "50",
+        "--model.context-length", "256", "--model.num-layers", "6",
+        "--batch-size", "8", "--lr", "3e-3", "--warmup-steps", "50",
         "--eval-every", "500", "--eval-batches", "8", "--checkpoint-every", "250", "--sample-every", "500",
     )  # fmt: skip
     for prompt in PROMPTS:

@@ -159,6 +159,10 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
         if "train_loss" in line
     ]
     assert losses[-1] < losses[0] * 0.8, losses  # it learned something
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["val_final"] for r in evals] == [False, False, True]
+    assert [r["tokens"] for r in evals] == [20 * 4 * 32, 40 * 4 * 32, 60 * 4 * 32]  # training progress
     assert summary["val_bpb"] < summary["unigram_bpb"]
     capsys.readouterr()
     assert main(["generate", str(run), "def count", "--max-new-tokens", "12", "--temperature", "0"]) == 0

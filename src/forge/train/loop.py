@@ -185,7 +185,7 @@ def train(
         while state.step < config.max_steps and not out_of_time():
             step_start = time.perf_counter()
             if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
-                _log_eval(log, bar, state, evaluate(False))
+                _log_eval(log, bar, state, evaluate(False), final=False)
             if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
                 bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
             lr = config.lr * lr_multiplier(
@@ -253,20 +253,19 @@ def train(
     finally:
         bar.close()
     if evaluate is not None and not state.interrupted:
-        _log_eval(log, None, state, evaluate(True))
+        _log_eval(log, None, state, evaluate(True), final=True)
     checkpoint()
     log.close()
     return state
 
 
-def _log_eval(log: MetricsLog, bar: tqdm | None, state: TrainState, result: dict[str, float]) -> None:
-    record = {
-        "step": state.step,
-        "tokens": state.tokens,
-        "val_loss": result["loss"],
-        "val_bpb": result["bpb"],
-    }
-    log.log(record | {k: v for k, v in result.items() if k not in ("loss", "bpb")})
+def _log_eval(
+    log: MetricsLog, bar: tqdm | None, state: TrainState, result: dict[str, float], *, final: bool
+) -> None:
+    # "tokens" is training progress; the evaluation's own counts are val_tokens / val_bytes. `final` marks
+    # the whole-split evaluation; periodic ones read only --eval-batches batches
+    record = {"step": state.step, "tokens": state.tokens, "val_final": final}
+    log.log(record | {f"val_{k}": v for k, v in result.items()})
     message = f"step {state.step}: val loss {result['loss']:.4f}, val bits/byte {result['bpb']:.4f}"
     if bar is not None:
         bar.write(message)

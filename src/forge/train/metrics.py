@@ -54,23 +54,16 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path, *, title: str = 
     if train:
         xs = [r["tokens"] / 1e6 for r in train]
         ax_loss.plot(xs, [r["train_loss"] for r in train], label="train", color="#4c72b0", lw=1.2)
+    periodic = [r for r in val if not r.get("val_final")]
+    final = [r for r in val if r.get("val_final")]
+    for ax, key, color in ((ax_loss, "val_loss", "#dd8452"), (ax_bpb, "val_bpb", "#55a868")):
+        if periodic:
+            xs, ys = [r["tokens"] / 1e6 for r in periodic], [r[key] for r in periodic]
+            ax.plot(xs, ys, "o-", color=color, ms=4, label="validation (periodic, subset)")
+        if final:
+            xs, ys = [r["tokens"] / 1e6 for r in final], [r[key] for r in final]
+            ax.plot(xs, ys, "*", color=color, ms=12, label="validation (final, whole split)")
     if val:
-        ax_loss.plot(
-            [r["tokens"] / 1e6 for r in val],
-            [r["val_loss"] for r in val],
-            "o-",
-            label="validation",
-            color="#dd8452",
-            ms=4,
-        )
-        ax_bpb.plot(
-            [r["tokens"] / 1e6 for r in val],
-            [r["val_bpb"] for r in val],
-            "o-",
-            color="#55a868",
-            ms=4,
-            label="model",
-        )
         unigram = next((r["unigram_bpb"] for r in reversed(records) if "unigram_bpb" in r), None)
         if unigram is not None and math.isfinite(unigram):
             ax_bpb.axhline(unigram, ls="--", color="gray", label=f"unigram baseline ({unigram:.2f})")

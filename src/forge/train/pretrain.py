@@ -230,7 +230,7 @@ def _finish(
         "val_loss": final_eval["val_loss"],
         "val_bpb": final_eval["val_bpb"],
         "unigram_bpb": unigram,
-        "val_tokens": final_eval.get("tokens"),
+        "val_tokens": final_eval.get("val_tokens"),
         "samples": samples,
     }
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
