@@ -170,6 +170,8 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert first.startswith("def count") and len(first) > len("def count\n")
     assert main(["generate", str(run), "def count", "--max-new-tokens", "12", "--temperature", "0"]) == 0
     assert capsys.readouterr().out == first  # greedy is deterministic
+    assert main(["generate", str(run), "def count", "--max-new-tokens", "4", "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().out.startswith("def count")
     assert main(["eval", str(run), "--data", str(shards), "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["bpb"] == pytest.approx(
         summary["val_bpb"], rel=1e-5

@@ -211,3 +211,16 @@ def test_cache_per_row_positions_write_each_row_at_its_own_place() -> None:
     assert cache.k[0, 0, :, 2:].abs().sum() == 0 and cache.k[0, 1, :, :5].abs().sum() == 0
     cache.reset()
     assert cache.k.abs().sum() == 0 and cache.v.abs().sum() == 0
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_tokens() -> None:
+    from forge.infer.engine import decode_one_token
+
+    model = _model()
+    config = _greedy(8)
+    eager = list(generate_ids(model, PROMPT, config))
+    compiled_step = torch.compile(decode_one_token, dynamic=False)
+    generation = generate_ids(model, PROMPT, config)
+    generation.decode_fn = compiled_step
+    assert list(generation) == eager

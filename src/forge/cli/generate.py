@@ -10,7 +10,7 @@ from forge.cli.common import add_command
 from forge.config import from_args
 from forge.infer.batch import generate_batch
 from forge.infer.beam import beam_search
-from forge.infer.engine import fit_prompt, generate_text
+from forge.infer.engine import decode_one_token, fit_prompt, generate_text
 from forge.infer.explain import (
     Explainer,
     attention_weights,
@@ -26,6 +26,8 @@ from forge.model.io import load_model
 from forge.model.transformer import Transformer
 from forge.runtime import resolve_device, set_threads
 from forge.tokenizer.bpe import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register(commands: Any) -> None:
@@ -48,6 +50,17 @@ def register(commands: Any) -> None:
         help="text to continue ('-' reads it from standard input; empty: start of a document)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=tuple(DTYPES),
+        help="weights and KV cache precision (default: float32; bfloat16 halves the memory read per token)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step with torch.compile (pays a one-off compile time, then faster tokens)",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = the cores available)")
     explain = p.add_argument_group("explain options")
     explain.add_argument(
@@ -95,7 +108,8 @@ def _generate(args: argparse.Namespace) -> None:
     config = from_args(SamplingConfig, args)
     set_threads(args.threads)
     device = resolve_device(args.device)
-    model = load_model(args.run, device=str(device))
+    model = load_model(args.run, device=str(device), dtype=DTYPES[args.dtype])
+    decode_fn = torch.compile(decode_one_token, dynamic=False) if args.compile else None
     tokenizer = Tokenizer.load(f"{args.run}/tokenizer")
     layer = model.config.num_layers - 1 if args.attention_layer is None else args.attention_layer
     if args.attention:
@@ -109,7 +123,9 @@ def _generate(args: argparse.Namespace) -> None:
         _several(model, tokenizer, prompt, config, device)
     else:
         sys.stdout.write(prompt)
-        text = generate_text(model, tokenizer, prompt, config, device=device, on_token=explainer)
+        text = generate_text(
+            model, tokenizer, prompt, config, device=device, on_token=explainer, decode_fn=decode_fn
+        )
         for piece in text:
             sys.stdout.write(piece)
             sys.stdout.flush()

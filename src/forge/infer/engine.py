@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from forge.tokenizer.bpe import Tokenizer
 
 FinishReason = Literal["stop", "length"]
+DecodeFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, KVCache], torch.Tensor]
 
 
 def prefill(
@@ -83,6 +84,7 @@ class Generation:
         device: torch.device,
         first_token_mask: torch.Tensor | None = None,
         on_token: Callable[[torch.Tensor, int], None] | None = None,
+        decode_fn: DecodeFn | None = None,
     ) -> None:
         self.model, self.config, self.device = model, config, device
         self.eos_ids = frozenset(eos_ids) if config.stop_on_eos else frozenset()
@@ -93,6 +95,7 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self.prompt_tokens_per_s = 0.0
         self.tokens_per_s = 0.0
+        self.decode_fn = decode_fn or decode_one_token  # e.g. torch.compile(decode_one_token), from outside
         self.on_token = on_token  # called with the raw logits (V,) of each step and the id chosen
         self.first_token_mask = first_token_mask  # (V,) bool: the tokens allowed first (token healing)
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
@@ -129,7 +132,7 @@ class Generation:
         """Feed `token_id` at `position`, sample the token after it."""
         token = torch.tensor([token_id], dtype=torch.long, device=self.device)  # (1,)
         at = torch.tensor([position], dtype=torch.long, device=self.device)  # (1,)
-        logits = decode_one_token(self.model, token, at, self.cache)  # (1, V)
+        logits = self.decode_fn(self.model, token, at, self.cache)  # (1, V)
         return self._pick(logits)
 
     def _pick(self, logits: torch.Tensor) -> int:
@@ -257,6 +260,7 @@ def generate_text(
     device: torch.device | str | None = None,
     heal: bool = True,
     on_token: Callable[[torch.Tensor, int], None] | None = None,
+    decode_fn: "DecodeFn | None" = None,
 ) -> TextGeneration:
     """Continue the text `prompt` as a new document; yields the generated text piece by piece.
 
@@ -277,6 +281,13 @@ def generate_text(
     check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
     device = next(model.parameters()).device if device is None else torch.device(device)
     generation = Generation(
-        model, prompt_ids, config, eos_ids=eos_ids, device=device, first_token_mask=mask, on_token=on_token
+        model,
+        prompt_ids,
+        config,
+        eos_ids=eos_ids,
+        device=device,
+        first_token_mask=mask,
+        on_token=on_token,
+        decode_fn=decode_fn,
     )
     return TextGeneration(generation, token_bytes, skip_prefix=healed)
