@@ -224,3 +224,27 @@ def test_compiled_decode_step_gives_the_same_tokens() -> None:
     generation = generate_ids(model, PROMPT, config)
     generation.decode_fn = compiled_step
     assert list(generation) == eager
+
+
+def test_chat_keeps_the_system_message_and_the_turns_that_fit() -> None:
+    from forge.infer.engine import generate_chat
+    from forge.tokenizer.chat import render
+
+    tokenizer = train_tokenizer(
+        ["hello there, how are you? fine thanks."] * 20, TokenizerConfig(vocab_size=300)
+    )
+    model = _model(context_length=48, vocab_size=tokenizer.vocab_size)
+    system = {"role": "system", "content": "be brief"}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"hello there {i}"} for i in range(9)]
+    config = SamplingConfig(temperature=0, max_new_tokens=8)
+    answer = generate_chat(model, tokenizer, [system, *turns], config)
+    text = "".join(answer)
+    prompt = answer.generation.prompt_ids
+    assert len(prompt) <= 48 - 8 and prompt[:2] == [tokenizer.bos_id, 3]  # BOS, then <|system|>
+    kept_turns = next(
+        turns[i:]
+        for i in range(len(turns))
+        if render(tokenizer, [system, *turns[i:]], add_generation_prompt=True)[0] == prompt
+    )
+    assert kept_turns[-1] == turns[-1] and len(kept_turns) < len(turns)
+    assert answer.generation.generated_tokens <= 8 and isinstance(text, str)

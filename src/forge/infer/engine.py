@@ -33,6 +33,7 @@ from forge.errors import ForgeError
 from forge.infer.detok import StopStrings, StreamDecoder
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, sample
+from forge.tokenizer.chat import fit_messages, render
 
 if TYPE_CHECKING:
     from forge.model.transformer import Transformer
@@ -291,3 +292,30 @@ def generate_text(
         decode_fn=decode_fn,
     )
     return TextGeneration(generation, token_bytes, skip_prefix=healed)
+
+
+def generate_chat(
+    model: "Transformer",
+    tokenizer: "Tokenizer",
+    messages: list[dict[str, str]],
+    config: SamplingConfig,
+    *,
+    device: torch.device | str | None = None,
+    on_token: Callable[[torch.Tensor, int], None] | None = None,
+    decode_fn: "DecodeFn | None" = None,
+) -> TextGeneration:
+    """The assistant's answer to `messages`, streamed; ends at the end-of-turn token.
+
+    The conversation is rendered with the chat template after dropping the oldest turns that do not fit
+    beside the answer (the system message is always kept): the prompt gets the context less
+    `max_new_tokens`, but at least half of it.
+    """
+    context = model.config.context_length
+    budget = context - min(config.max_new_tokens, context // 2)
+    ids, _ = render(tokenizer, fit_messages(tokenizer, messages, budget), add_generation_prompt=True)
+    eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    generation = Generation(
+        model, ids, config, eos_ids=eos_ids, device=device, on_token=on_token, decode_fn=decode_fn
+    )
+    return TextGeneration(generation, tokenizer.token_bytes())
