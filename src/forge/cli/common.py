@@ -26,3 +26,14 @@ def add_command(
         )
         add_options(parser, config_cls, skip=skip)
     return parser
+
+
+def add_docs_argument(parser: argparse.ArgumentParser) -> None:
+    """The optional DOCS_DIR positional of the commands that read prepared documents."""
+    parser.add_argument(
+        "docs",
+        nargs="?",
+        default="data/docs",
+        metavar="DOCS_DIR",
+        help="documents directory written by `forge data prepare` (default: data/docs)",
+    )

@@ -3,7 +3,7 @@
 import argparse
 from typing import Any
 
-from forge.cli.common import add_command
+from forge.cli.common import add_command, add_docs_argument
 from forge.config import from_args
 from forge.data.prepare import PrepareConfig, prepare
 from forge.data.shards import TokenizeConfig, tokenize_docs
@@ -45,13 +45,7 @@ def register(commands: Any) -> None:
         description="Encode the documents of DOCS_DIR with a trained tokenizer into flat "
         "train-*.bin / val-*.bin token shards (EOS between documents) and meta.json.",
     )
-    p.add_argument(
-        "docs",
-        nargs="?",
-        default="data/docs",
-        metavar="DOCS_DIR",
-        help="documents directory written by `forge data prepare` (default: data/docs)",
-    )
+    add_docs_argument(p)
     p.add_argument(
         "--tokenizer",
         default="data/tokenizer",

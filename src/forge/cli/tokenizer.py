@@ -3,7 +3,7 @@
 import argparse
 from typing import Any
 
-from forge.cli.common import add_command
+from forge.cli.common import add_command, add_docs_argument
 from forge.config import from_args
 from forge.tokenizer.bpe import TokenizerConfig, train_from_docs
 
@@ -24,13 +24,7 @@ def register(commands: Any) -> None:
         "on the documents of DOCS_DIR; writes tokenizer.json (loadable by transformers) and "
         "forge_tokenizer.json.",
     )
-    p.add_argument(
-        "docs",
-        nargs="?",
-        default="data/docs",
-        metavar="DOCS_DIR",
-        help="documents directory written by `forge data prepare` (default: data/docs)",
-    )
+    add_docs_argument(p)
     p.add_argument(
         "--out",
         default="data/tokenizer",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from forge.infer.detok import StopStrings, StreamDecoder
-from forge.infer.engine import FinishReason, check_prompt, decode_one_token, fit_prompt, prefill
+from forge.infer.engine import FinishReason, decode_one_token, model_device, prefill, prepare_prompt
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, process_logits, sample
 
@@ -79,7 +79,7 @@ class _Row:
         if self.decoder is not None:
             tail = self.decoder.flush()
             if self.stops is not None:
-                tail = self.stops.push(tail) + ("" if self.stops.stopped else self.stops.flush())
+                tail = self.stops.finish(tail)
                 if self.stops.stopped:  # the held-back text completed a stop string after all
                     self.completion.finish_reason, self.completion.stop_string = "stop", self.stops.matched
             self.completion.text += tail
@@ -128,10 +128,8 @@ def generate_batch(
     if len(configs) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(configs)} sampling configs")
     context, vocab = model.config.context_length, model.config.vocab_size
-    prompts = [fit_prompt(list(p), c, context) for p, c in zip(prompts, configs, strict=True)]
-    for p in prompts:
-        check_prompt(p, context, vocab)
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    prompts = [prepare_prompt(model, list(p), c) for p, c in zip(prompts, configs, strict=True)]
+    device = model_device(model, device)
     eos = sorted(eos_ids)
 
     # prefill the distinct prompts together, then give each sample its own copy of its prompt's row

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from forge.errors import ConfigError
-from forge.infer.engine import FinishReason, check_prompt, decode_one_token, fit_prompt, prefill
+from forge.infer.engine import FinishReason, decode_one_token, model_device, prefill, prepare_prompt
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig
 
@@ -59,9 +59,8 @@ def beam_search(
             f"--n {n} is more than --num-beams {K}; beam search returns at most num_beams answers"
         )
     context = model.config.context_length
-    prompt_ids = fit_prompt(prompt_ids, config, context)
-    check_prompt(prompt_ids, context, model.config.vocab_size)
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    prompt_ids = prepare_prompt(model, prompt_ids, config)
+    device = model_device(model, device)
     eos = sorted(eos_ids) if config.stop_on_eos else []
     max_seq_len = min(len(prompt_ids) + config.max_new_tokens, context)
     cache = KVCache.for_model(model, batch_size=1, max_seq_len=max_seq_len)

@@ -89,6 +89,11 @@ class StopStrings:
             self.stopped, self.matched = True, stop
         return text[:start]
 
+    def finish(self, text: str) -> str:
+        """The stream's last piece: `push` it, then `flush` unless a stop string was reached."""
+        text = self.push(text)
+        return text if self.stopped else text + self.flush()
+
     def _first_stop(self, text: str) -> tuple[int, str | None]:
         """Start of the earliest complete stop string in text, and which (the shortest on a tie)."""
         best = len(text)

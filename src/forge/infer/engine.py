@@ -180,6 +180,18 @@ def fit_prompt(prompt_ids: list[int], config: SamplingConfig, context_length: in
     return prompt_ids[-keep:]
 
 
+def prepare_prompt(model: "Transformer", prompt_ids: list[int], config: SamplingConfig) -> list[int]:
+    """`fit_prompt` then `check_prompt` against the model's context and vocabulary."""
+    prompt_ids = fit_prompt(prompt_ids, config, model.config.context_length)
+    check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
+    return prompt_ids
+
+
+def model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """`device` as a torch.device, or the device of the model's weights when None."""
+    return next(model.parameters()).device if device is None else torch.device(device)
+
+
 def check_prompt(prompt_ids: list[int], context_length: int, vocab_size: int) -> None:
     """Raise a ForgeError for an empty prompt, one longer than the context, or ids outside the vocabulary."""
     if not prompt_ids:
@@ -211,10 +223,8 @@ def generate_ids(
     Stops at any of `eos_ids` (not yielded; only if `config.stop_on_eos`), after `config.max_new_tokens`,
     or when the model's context is full. `device` defaults to the model's.
     """
-    prompt_ids = fit_prompt(prompt_ids, config, model.config.context_length)
-    check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
-    device = next(model.parameters()).device if device is None else torch.device(device)
-    return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=device)
+    prompt_ids = prepare_prompt(model, prompt_ids, config)
+    return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=model_device(model, device))
 
 
 class TextGeneration:
@@ -244,8 +254,7 @@ class TextGeneration:
                 return
         text = decoder.flush()
         if stops is not None:
-            text = stops.push(text)
-            text += "" if stops.stopped else stops.flush()
+            text = stops.finish(text)
             if stops.stopped:
                 self.generation.finish_reason, self.stop_string = "stop", stops.matched
         if text:
@@ -275,12 +284,9 @@ def generate_text(
         healed = token_bytes[ids.pop()]
         mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
         mask[[i for i, b in enumerate(token_bytes) if b.startswith(healed)]] = True
-    prompt_ids = fit_prompt(
-        [tokenizer.eos_id, *ids], config, model.config.context_length
-    )  # EOS: a new document
+    prompt_ids = prepare_prompt(model, [tokenizer.eos_id, *ids], config)  # EOS: a new document starts
     eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-    check_prompt(prompt_ids, model.config.context_length, model.config.vocab_size)
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    device = model_device(model, device)
     generation = Generation(
         model,
         prompt_ids,
@@ -314,7 +320,7 @@ def generate_chat(
     budget = context - min(config.max_new_tokens, context // 2)
     ids, _ = render(tokenizer, fit_messages(tokenizer, messages, budget), add_generation_prompt=True)
     eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    device = model_device(model, device)
     generation = Generation(
         model, ids, config, eos_ids=eos_ids, device=device, on_token=on_token, decode_fn=decode_fn
     )

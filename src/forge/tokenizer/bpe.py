@@ -114,6 +114,7 @@ class Tokenizer:
 
     def __init__(self, hf_tokenizer: tokenizers.Tokenizer) -> None:
         self._tokenizer = hf_tokenizer
+        self._token_bytes: list[bytes] | None = None
         # plain text is plain text: added tokens are matched only when inserted by id
         self._tokenizer.encode_special_tokens = True
         found = {token: self._tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
@@ -202,7 +203,12 @@ class Tokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self) -> list[bytes]:
-        """The raw bytes each token id stands for (b"" for special tokens)."""
+        """The raw bytes each token id stands for (b"" for special tokens); computed once, then shared."""
+        if self._token_bytes is None:
+            self._token_bytes = self._compute_token_bytes()
+        return self._token_bytes
+
+    def _compute_token_bytes(self) -> list[bytes]:
         decoder = _byte_decoder()
         special = set(SPECIAL_TOKENS)
         result = []
