@@ -23,7 +23,7 @@ from forge.config import to_dict
 from forge.data.clean import corruption, decode, length_problem, normalize
 from forge.data.dedup import ExactDedup
 from forge.data.report import Report
-from forge.data.sources import iter_inputs, stdlib_root
+from forge.data.sources import check_inputs, iter_inputs, stdlib_root
 from forge.errors import ConfigError, DataError
 from forge.io import atomic_dir, write_json
 
@@ -142,6 +142,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run the data stage as configured; return the manifest (also written to `out/manifest.json`)."""
     out = Path(config.out)
     _check_out(out)
+    check_inputs(config.inputs)  # before the progress bar starts
     report, dedup = Report(), ExactDedup()
 
     def on_problem(reason: str, where: str, detail: str) -> None:

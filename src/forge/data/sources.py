@@ -164,6 +164,16 @@ def iter_stdlib(on_problem: OnProblem) -> Iterator[RawDocument]:
         )
 
 
+def check_inputs(inputs: Sequence[str]) -> None:
+    """Raise a DataError naming the first input path that does not exist."""
+    for given in inputs:
+        if not Path(given).exists():
+            raise DataError(
+                f"input {given} does not exist; pass folders, .jsonl or .parquet files "
+                "(or nothing, for the standard library corpus)"
+            )
+
+
 def iter_inputs(
     inputs: Sequence[str],
     *,
@@ -174,17 +184,13 @@ def iter_inputs(
     on_problem: OnProblem,
 ) -> Iterator[RawDocument]:
     """Documents of every input in order: folders, `.jsonl[.gz]`, `.parquet`; none → the stdlib."""
+    check_inputs(inputs)
     if not inputs:
         yield from iter_stdlib(on_problem)
         return
     for given in inputs:
         path = Path(given)
         name = path.name.lower()
-        if not path.exists():
-            raise DataError(
-                f"input {given} does not exist; pass folders, .jsonl or .parquet files "
-                "(or nothing, for the standard library corpus)"
-            )
         if path.is_dir():
             yield from iter_folder(path, include=include, exclude=exclude, on_problem=on_problem)
         elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
