@@ -6,6 +6,10 @@ loaded by `transformers.LlamaForCausalLM`), the same prompts, and generate exact
 with temperature + top-p, batch 16 sampling; models `small` and `base`. Each case is timed `--repeats`
 times after a warm-up and the median is kept.
 
+forge runs twice: eager, and with its decode step compiled (`compile_decode`, what `forge generate
+--compile` uses). The summary's speedups are the compiled engine's; the compile time (paid once per
+batch size and cache length, in the warm-up) is reported beside them.
+
 The roofline: decoding one token at batch 1 reads every weight once, so weights bytes × tokens/s is
 the memory bandwidth the engine achieves; it is compared with a copy bandwidth measured here (a large
 tensor copy, bytes read + written per second).
@@ -25,7 +29,7 @@ from pathlib import Path
 import torch
 
 from forge.infer.batch import generate_batch
-from forge.infer.engine import generate_ids
+from forge.infer.engine import DecodeFn, compile_decode, generate_ids
 from forge.infer.sampling import SamplingConfig
 from forge.model.config import model_preset
 from forge.model.io import export_hf
@@ -42,8 +46,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds of `repeats` runs of fn, and the seconds of the warm-up run before them."""
+    start = time.perf_counter()
+    fn()  # warm-up (compiles, when fn uses a compiled step)
+    warmup = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -51,7 +58,7 @@ def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), warmup
 
 
 def copy_bandwidth(device: torch.device, megabytes: int = 512) -> float:
@@ -88,15 +95,21 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
         "batch16": (16, SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=new, seed=0,
                                        stop_on_eos=False)),
     }  # fmt: skip
+    compiled = compile_decode(ours)
     results = {}
     for case, (batch, config) in cases.items():
         prompt_rows = prompts[:batch]
 
-        def forge_run(rows: torch.Tensor = prompt_rows, config: SamplingConfig = config) -> None:
+        def forge_run(
+            rows: torch.Tensor = prompt_rows,
+            config: SamplingConfig = config,
+            decode_fn: DecodeFn | None = None,
+        ) -> None:
             if len(rows) == 1:
-                assert len(list(generate_ids(ours, rows[0].tolist(), config))) == new
+                generation = generate_ids(ours, rows[0].tolist(), config, decode_fn=decode_fn)
+                assert len(list(generation)) == new
             else:
-                done = generate_batch(ours, rows.tolist(), config)
+                done = generate_batch(ours, rows.tolist(), config, decode_fn=decode_fn)
                 assert all(len(c.token_ids) == new for c in done)
 
         def hf_run(rows: torch.Tensor = prompt_rows, config: SamplingConfig = config) -> None:
@@ -119,17 +132,23 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
                 )
             assert out.shape[1] == PROMPT_LEN + new
 
-        ours_s = _median_seconds(forge_run, device, args.repeats)
-        theirs_s = _median_seconds(hf_run, device, args.repeats)
+        eager_s, _ = _median_seconds(forge_run, device, args.repeats)
+        ours_s, compile_s = _median_seconds(lambda: forge_run(decode_fn=compiled), device, args.repeats)
+        theirs_s, _ = _median_seconds(hf_run, device, args.repeats)
         tokens = batch * new
         results[case] = {
             "forge_tokens_per_s": round(tokens / ours_s, 1),
+            "forge_eager_tokens_per_s": round(tokens / eager_s, 1),
             "transformers_tokens_per_s": round(tokens / theirs_s, 1),
             "speedup": round(theirs_s / ours_s, 3),
+            "speedup_eager": round(theirs_s / eager_s, 3),
+            "first_run_seconds_compiled": round(compile_s, 1),
         }
         print(
-            f"{name:>6} {case:<16} forge {tokens / ours_s:8.1f} tok/s | "
-            f"transformers {tokens / theirs_s:8.1f} tok/s | speedup {theirs_s / ours_s:.2f}x",
+            f"{name:>6} {case:<16} forge compiled {tokens / ours_s:8.1f} tok/s "
+            f"(first run {compile_s:.0f} s) | "
+            f"eager {tokens / eager_s:8.1f} | transformers {tokens / theirs_s:8.1f} tok/s | "
+            f"speedup {theirs_s / ours_s:.2f}x (eager {theirs_s / eager_s:.2f}x)",
             flush=True,
         )
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())

@@ -1,10 +1,12 @@
 """The engine and KV cache on a tiny real Transformer: cached decoding equals recomputing from scratch."""
 
+import shutil
+
 import pytest
 import torch
 
 from forge.errors import ForgeError
-from forge.infer.engine import decode_one_token, generate_ids, generate_text, prefill
+from forge.infer.engine import Generation, decode_one_token, generate_ids, generate_text, prefill
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig
 from forge.model.config import ModelConfig
@@ -180,26 +182,24 @@ def test_token_healing_regenerates_the_last_prompt_token() -> None:
 def test_cache_for_model_takes_its_shapes_and_dtype() -> None:
     model = _model(context_length=24).to(torch.bfloat16)
     cache = KVCache.for_model(model, batch_size=3, max_seq_len=10)
-    assert cache.k.shape == cache.v.shape == (2, 3, 2, 10, 8)  # (L, B, H_kv, S, D)
-    assert cache.k.dtype == torch.bfloat16 and KVCache.for_model(model, 1).max_seq_len == 24
+    assert len(cache.keys) == len(cache.values) == 2  # one pair per layer
+    assert all(t.shape == (3, 2, 10, 8) for t in cache.keys + cache.values)  # (B, H_kv, S, D)
+    assert cache.keys[0].dtype == torch.bfloat16 and KVCache.for_model(model, 1).max_seq_len == 24
     with pytest.raises(ValueError):
         KVCache.for_model(model, 1, max_seq_len=25)
 
 
-def test_cache_scatter_path_matches_the_fast_path() -> None:
+def test_cache_per_row_path_matches_the_fast_path() -> None:
     B, H, T, S, D = 3, 2, 4, 10, 5
     k, v = torch.randn(B, H, T, D), torch.randn(B, H, T, D)
     shared = torch.arange(3, 3 + T).expand(B, T)  # stride 0 along the batch: index_copy_
     fast, general = KVCache(2, B, H, S, D), KVCache(2, B, H, S, D)
     fast.update(1, shared, k, v)
-    k_all, v_all = general.update(1, shared.contiguous(), k, v)  # same values, per-row layout: scatter_
-    assert torch.equal(fast.k, general.k) and torch.equal(fast.v, general.v)
-    assert (
-        torch.equal(k_all, general.k[1])
-        and torch.equal(k_all[:, :, 3:7], k)
-        and torch.equal(v_all[:, :, 3:7], v)
-    )
-    assert general.k[0].abs().sum() == 0 and general.k[1, :, :, :3].abs().sum() == 0
+    k_all, v_all = general.update(1, shared.contiguous(), k, v)  # same values, per-row layout
+    pairs = zip(fast.keys + fast.values, general.keys + general.values, strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert k_all is general.keys[1] and torch.equal(k_all[:, :, 3:7], k) and torch.equal(v_all[:, :, 3:7], v)
+    assert general.keys[0].abs().sum() == 0 and general.keys[1][:, :, :3].abs().sum() == 0
 
 
 def test_cache_per_row_positions_write_each_row_at_its_own_place() -> None:
@@ -207,23 +207,33 @@ def test_cache_per_row_positions_write_each_row_at_its_own_place() -> None:
     k, v = torch.randn(B, H, 2, D), torch.randn(B, H, 2, D)
     cache = KVCache(1, B, H, S, D)
     cache.update(0, torch.tensor([[0, 1], [5, 6]]), k, v)
-    assert torch.equal(cache.k[0, 0, :, 0:2], k[0]) and torch.equal(cache.v[0, 1, :, 5:7], v[1])
-    assert cache.k[0, 0, :, 2:].abs().sum() == 0 and cache.k[0, 1, :, :5].abs().sum() == 0
+    assert torch.equal(cache.keys[0][0, :, 0:2], k[0]) and torch.equal(cache.values[0][1, :, 5:7], v[1])
+    assert cache.keys[0][0, :, 2:].abs().sum() == 0 and cache.keys[0][1, :, :5].abs().sum() == 0
+    cache.select_rows(torch.tensor([1, 1, 0]))
+    assert cache.batch_size == 3 and torch.equal(cache.keys[0][1, :, 5:7], k[1])
+    assert torch.equal(cache.keys[0][2, :, 0:2], k[0])
     cache.reset()
-    assert cache.k.abs().sum() == 0 and cache.v.abs().sum() == 0
+    assert all(t.abs().sum() == 0 for t in cache.keys + cache.values)
 
 
-@pytest.mark.slow
-def test_compiled_decode_step_gives_the_same_tokens() -> None:
-    from forge.infer.engine import decode_one_token
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_compiled_decode_gives_the_same_tokens_and_belongs_to_one_model() -> None:
+    from forge.infer.batch import generate_batch
+    from forge.infer.engine import cache_length, compile_decode
 
     model = _model()
     config = _greedy(8)
+    step = compile_decode(model, autotune=False)  # the same code path, without the kernel benchmarks
     eager = list(generate_ids(model, PROMPT, config))
-    compiled_step = torch.compile(decode_one_token, dynamic=False)
-    generation = generate_ids(model, PROMPT, config)
-    generation.decode_fn = compiled_step
+    generation = Generation(model, PROMPT, config, eos_ids=(), device=torch.device("cpu"), decode_fn=step)
     assert list(generation) == eager
+    assert generation.cache.max_seq_len == 32  # bucketed to 64, capped at the context
+    assert [cache_length(n, 1000, bucketed=True) for n in (12, 64, 65, 999)] == [64, 64, 128, 1000]
+    prompts = [PROMPT, PROMPT[:3]]
+    batch = generate_batch(model, prompts, config, decode_fn=step)  # per-row positions, compiled
+    assert [c.token_ids for c in batch] == [c.token_ids for c in generate_batch(model, prompts, config)]
+    with pytest.raises(ValueError, match="belongs to another model"):
+        step(_model(), torch.tensor([1]), torch.tensor([0]), KVCache.for_model(model, 1))
 
 
 def test_chat_keeps_the_system_message_and_the_turns_that_fit() -> None:

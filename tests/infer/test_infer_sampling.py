@@ -343,3 +343,26 @@ def test_sample_never_draws_a_banned_or_min_p_cut_token() -> None:
     # token 2 banned, token 0 (0.3) is the most likely: min_p 0.2 keeps >= 0.06, so 0.15 but not 0.05
     assert set(ids.tolist()) == {0, 3}
     assert abs((ids == 0).float().mean().item() - 0.3 / 0.45) < 0.04
+
+
+def test_draw_follows_the_probabilities_and_never_picks_a_zero() -> None:
+    from forge.infer.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).expand(20_000, 6)
+    ids = draw(probs, [torch.Generator().manual_seed(0)] * 20_000)
+    frequencies = torch.bincount(ids, minlength=6).double() / 20_000
+    assert frequencies[[0, 2, 5]].sum() == 0
+    assert torch.allclose(frequencies, probs[0].double(), atol=0.015)
+    unnormalised = draw(torch.tensor([[0.0, 0.0, 7.0]]), [None])  # weights need not sum to 1
+    assert unnormalised.tolist() == [2]
+
+
+def test_draw_uses_each_rows_own_generator() -> None:
+    from forge.infer.sampling import draw
+
+    probs = torch.softmax(torch.randn(3, 50), dim=-1)
+    together = draw(probs, [torch.Generator().manual_seed(seed) for seed in (1, 2, 3)])
+    alone = [int(draw(probs[i : i + 1], [torch.Generator().manual_seed(i + 1)])) for i in range(3)]
+    assert together.tolist() == alone
+    with pytest.raises(ValueError, match="3 rows of probabilities but 2 generators"):
+        draw(probs, [None, None])

@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from forge.infer.detok import StopStrings, StreamDecoder
-from forge.infer.engine import FinishReason, decode_one_token, model_device, prefill, prepare_prompt
+from forge.infer.engine import (
+    DecodeFn,
+    FinishReason,
+    cache_length,
+    decode_one_token,
+    model_device,
+    prefill,
+    prepare_prompt,
+)
 from forge.infer.kv_cache import KVCache
-from forge.infer.sampling import SamplingConfig, process_logits, sample
+from forge.infer.sampling import SamplingConfig, sample
 
 if TYPE_CHECKING:
     from forge.model.transformer import Transformer
@@ -47,7 +55,7 @@ class Completion:
     stop_string: str | None = None
 
 
-class _Row:
+class Row:
     """Per-sample state while generating: output, text stream, stop strings."""
 
     def __init__(
@@ -62,31 +70,40 @@ class _Row:
     def done(self) -> bool:
         return self.completion.finish_reason is not None
 
-    def add(self, token_id: int) -> None:
-        """Record a generated token; finish with "stop" when it completes a stop string."""
+    def add(self, token_id: int) -> str:
+        """Record a generated token and return the text it completes; finish with "stop" when it
+        completes a stop string."""
         self.completion.token_ids.append(token_id)
         if self.decoder is None:
-            return
+            return ""
         piece = self.decoder.push(token_id)
         if self.stops is not None:
             piece = self.stops.push(piece)
             if self.stops.stopped:
                 self.completion.finish_reason, self.completion.stop_string = "stop", self.stops.matched
         self.completion.text += piece
+        return piece
 
-    def finish(self, reason: FinishReason) -> None:
+    def finish(self, reason: FinishReason) -> str:
+        """End the sample with `reason`; return the text held back until now (a partial character or
+        a possible stop string that did not complete)."""
         self.completion.finish_reason = reason
-        if self.decoder is not None:
-            tail = self.decoder.flush()
-            if self.stops is not None:
-                tail = self.stops.finish(tail)
-                if self.stops.stopped:  # the held-back text completed a stop string after all
-                    self.completion.finish_reason, self.completion.stop_string = "stop", self.stops.matched
-            self.completion.text += tail
+        if self.decoder is None:
+            return ""
+        tail = self.decoder.flush()
+        if self.stops is not None:
+            tail = self.stops.finish(tail)
+            if self.stops.stopped:  # the held-back text completed a stop string after all
+                self.completion.finish_reason, self.completion.stop_string = "stop", self.stops.matched
+        self.completion.text += tail
+        return tail
 
 
-def _pick(logits: torch.Tensor, rows: list[_Row], seen: torch.Tensor, counts: torch.Tensor) -> list[int]:
-    """The next token of every row: rows with equal settings are processed together, drawn one by one."""
+def pick_tokens(
+    logits: torch.Tensor, rows: Sequence[Row], seen: torch.Tensor, counts: torch.Tensor
+) -> list[int]:
+    """The next token of every row of logits (B, V): rows with equal settings are processed together,
+    each drawn with its own generator; `seen` and `counts` (B, V) are the rows' token statistics."""
     groups: dict[SamplingConfig, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.config, []).append(i)
@@ -94,16 +111,8 @@ def _pick(logits: torch.Tensor, rows: list[_Row], seen: torch.Tensor, counts: to
     for config, members in groups.items():
         index = torch.tensor(members, device=logits.device)
         sub_seen, sub_counts = seen[index], counts[index]
-        if config.greedy:
-            ids = sample(logits[index], config, None, seen=sub_seen, counts=sub_counts).tolist()
-        else:
-            probs = torch.softmax(
-                process_logits(logits[index].float(), config, seen=sub_seen, counts=sub_counts), -1
-            )
-            ids = [
-                int(torch.multinomial(probs[k], 1, generator=rows[i].generator))
-                for k, i in enumerate(members)
-            ]
+        generators = [rows[i].generator for i in members]
+        ids = sample(logits[index], config, generators, seen=sub_seen, counts=sub_counts).tolist()
         for i, token_id in zip(members, ids, strict=True):
             picked[i] = int(token_id)
     return picked
@@ -118,10 +127,13 @@ def generate_batch(
     eos_ids: Collection[int] = (),
     token_bytes: list[bytes] | None = None,
     device: torch.device | str | None = None,
+    decode_fn: DecodeFn | None = None,
 ) -> list[Completion]:
     """Generate for every prompt (`config.n` samples each); returns the completions, prompt by prompt.
 
     Text and stop strings need `token_bytes` (`Tokenizer.token_bytes()`); without it only ids are kept.
+    A `decode_fn` (e.g. `compile_decode(model)`) replaces the eager decode step and gets a cache of
+    bucketed length (`forge.infer.engine.cache_length`), so few shapes are ever compiled.
     """
     if isinstance(configs, SamplingConfig):
         configs = [configs] * len(prompts)
@@ -134,23 +146,24 @@ def generate_batch(
 
     # prefill the distinct prompts together, then give each sample its own copy of its prompt's row
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    max_seq_len = max(min(len(p) + c.max_new_tokens, context) for p, c in zip(prompts, configs, strict=True))
+    needed = max(len(p) + c.max_new_tokens for p, c in zip(prompts, configs, strict=True))
+    max_seq_len = cache_length(needed, context, bucketed=decode_fn is not None)
     cache = KVCache.for_model(model, batch_size=len(prompts), max_seq_len=max_seq_len)
     padded = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         padded[i, : len(p)] = torch.tensor(p, device=device)
     logits = prefill(model, padded, cache, lengths)  # (B, V)
 
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for r, config in enumerate(configs):
         base_seed = secrets.randbits(62) if config.seed is None else config.seed
         for j in range(config.n):
-            row = _Row(Completion(request=r, sample=j, seed=base_seed + j), config, token_bytes)
+            row = Row(Completion(request=r, sample=j, seed=base_seed + j), config, token_bytes)
             row.generator = torch.Generator(device=device).manual_seed(base_seed + j)
             rows.append(row)
     owner = torch.tensor([row.completion.request for row in rows], device=device)
     if len(rows) != len(prompts):
-        cache.k, cache.v = cache.k.index_select(1, owner), cache.v.index_select(1, owner)
+        cache.select_rows(owner)
         logits = logits.index_select(0, owner)
     positions = lengths.index_select(0, owner).clone()  # where each row's next token will be fed
 
@@ -160,11 +173,15 @@ def generate_batch(
         seen[i, prompts[row.completion.request]] = True
     eos_index = torch.tensor(eos, dtype=torch.long, device=device)
 
+    penalised = any(c.repetition_penalty != 1.0 or c.presence_penalty or c.frequency_penalty for c in configs)
+    every_row = torch.arange(len(rows), device=device)
+    fed = positions.tolist()  # the same positions, on the host
+
     while True:
         for i, row in enumerate(rows):  # end-of-sequence is not allowed before min_new_tokens
             if eos and len(row.completion.token_ids) < row.config.min_new_tokens:
                 logits[i, eos_index] = float("-inf")
-        picked = _pick(logits, rows, seen, counts)
+        picked = pick_tokens(logits, rows, seen, counts)
         for i, (row, token_id) in enumerate(zip(rows, picked, strict=True)):
             if row.done:
                 continue
@@ -172,16 +189,18 @@ def generate_batch(
                 row.finish("stop")
                 continue
             row.add(token_id)
-            seen[i, token_id] = True
-            counts[i, token_id] += 1
             if row.done:  # a stop string
                 continue
-            if len(row.completion.token_ids) >= row.config.max_new_tokens or int(positions[i]) >= context:
+            if len(row.completion.token_ids) >= row.config.max_new_tokens or fed[i] >= context:
                 row.finish("length")
         if all(row.done for row in rows):
             return [row.completion for row in rows]
         tokens = torch.tensor(picked, dtype=torch.long, device=device)
+        if penalised:  # finished rows are counted too: harmless, their output is frozen
+            seen[every_row, tokens] = True
+            counts[every_row, tokens] += 1
         # finished rows still run (their output is frozen); keep their writes inside the cache
         at = positions.clamp(max=max_seq_len - 1)
-        logits = decode_one_token(model, tokens, at, cache)
+        logits = (decode_fn or decode_one_token)(model, tokens, at, cache)
         positions += 1
+        fed = [f + 1 for f in fed]

@@ -96,7 +96,7 @@ def beam_search(
             live_are_results = True
             break
         order = torch.tensor([b for b, _, _ in keep], device=device)
-        cache.k, cache.v = cache.k.index_select(1, order), cache.v.index_select(1, order)
+        cache.select_rows(order)
         beams = [beams[b] + [t] for b, t, _ in keep]
         sums = torch.tensor([s for _, _, s in keep], device=device)
         tokens = torch.tensor([t for _, t, _ in keep], device=device)

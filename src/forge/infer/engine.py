@@ -5,7 +5,14 @@ Design choices (after gpt-fast):
   whole prompt once and fills the cache, `decode_one_token` feeds one token at its position and returns
   the logits of the next; `forge.infer.sampling.sample` picks the token;
 - the cache is allocated once per request for prompt + max_new_tokens tokens, capped at the model's
-  context, so decoding never reallocates;
+  context, so decoding never reallocates; with a compiled decode step its length is rounded up to a
+  power of two (`cache_length`), so requests share a handful of compiled shapes instead of compiling
+  for each length, while short requests do not read a context-long cache at every step;
+- `compile_decode` compiles the decode step for a model whose weights no longer change: inductor with
+  frozen weights (constants folded and prepacked), autotuned matmuls and, on CPU, a C++ wrapper that
+  launches the kernels without the Python interpreter. At batch 1 a token is a few dozen small matmuls
+  and a few hundred tiny ops, so eager PyTorch spends most of its time dispatching; compiled, the step
+  is the matmuls alone (numbers in bench/results/generate.json);
 - generation ends, with `finish_reason`, on an end-of-sequence id ("stop"; the id is not yielded), after
   `max_new_tokens` ("length"), or when the context is full ("length"): no sliding window, the model is
   never asked about positions it was not trained on;
@@ -59,6 +66,40 @@ def prefill(
     return logits[torch.arange(B, device=logits.device), lengths - 1]  # (B, V)
 
 
+def cache_length(needed: int, context_length: int, *, bucketed: bool = False) -> int:
+    """Cache slots for a request that reaches `needed` tokens: exactly that, or with `bucketed` the next
+    power of two (at least 64), never more than the context."""
+    if bucketed:
+        needed = max(64, 1 << (needed - 1).bit_length())
+    return min(needed, context_length)
+
+
+def compile_decode(model: nn.Module, *, autotune: bool = True) -> "DecodeFn":
+    """`decode_one_token` compiled for `model` as it is now (its weights are frozen into the code).
+
+    The first call at each batch size and cache length compiles (tens of seconds on a laptop CPU, a
+    few of them benchmarking matmul kernels when `autotune`); later calls with a cache of the same shape
+    reuse the code. Changing the weights afterwards (training, loading) does
+    not reach the compiled step: compile again. Needs a C++ compiler on CPU, as all inductor code does.
+    """
+    import torch._inductor.config as inductor_config
+
+    options = {"freezing": True, "max_autotune": autotune}
+    if next(model.parameters()).device.type == "cpu":
+        options["cpp_wrapper"] = True  # no CUDA graphs on GPU: caches differ between requests
+    compiled = torch.compile(decode_one_token, fullgraph=True, dynamic=False)
+
+    def step(other: nn.Module, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if other is not model:  # its weights are constants of the compiled code: never run it on another
+            raise ValueError("this compiled decode step belongs to another model; call compile_decode(model)")
+        # the settings must hold whenever a compile happens (the first call at each shape); passed as
+        # torch.compile(options=...) they were measured to lose the frozen, autotuned matmuls
+        with inductor_config.patch(options):
+            return compiled(other, token, position, cache)
+
+    return step
+
+
 def decode_one_token(
     model: nn.Module, token: torch.Tensor, position: torch.Tensor, cache: KVCache
 ) -> torch.Tensor:
@@ -96,7 +137,8 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self.prompt_tokens_per_s = 0.0
         self.tokens_per_s = 0.0
-        self.decode_fn = decode_fn or decode_one_token  # e.g. torch.compile(decode_one_token), from outside
+        self.decode_fn = decode_fn or decode_one_token  # e.g. compile_decode(model), from outside
+        self.static_cache = decode_fn is not None  # a custom (compiled) step gets bucketed cache shapes
         self.on_token = on_token  # called with the raw logits (V,) of each step and the id chosen
         self.first_token_mask = first_token_mask  # (V,) bool: the tokens allowed first (token healing)
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
@@ -120,7 +162,10 @@ class Generation:
     @torch.inference_mode()
     def _prefill(self) -> int:
         """Allocate the cache, run the prompt, sample the first new token."""
-        max_seq_len = min(self.prompt_tokens + self.config.max_new_tokens, self.model.config.context_length)
+        context = self.model.config.context_length
+        max_seq_len = (
+            context if self.static_cache else min(self.prompt_tokens + self.config.max_new_tokens, context)
+        )
         self.cache = KVCache.for_model(self.model, batch_size=1, max_seq_len=max_seq_len)
         prompt = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # (1, P)
         logits = prefill(self.model, prompt, self.cache)  # (1, V)
@@ -217,14 +262,17 @@ def generate_ids(
     *,
     eos_ids: Collection[int] = (),
     device: torch.device | str | None = None,
+    decode_fn: DecodeFn | None = None,
 ) -> Generation:
     """Continue `prompt_ids` (at least one id); the returned `Generation` yields the new ids one by one.
 
     Stops at any of `eos_ids` (not yielded; only if `config.stop_on_eos`), after `config.max_new_tokens`,
-    or when the model's context is full. `device` defaults to the model's.
+    or when the model's context is full. `device` defaults to the model's; `decode_fn` replaces the
+    eager decode step (e.g. `compile_decode(model)`).
     """
     prompt_ids = prepare_prompt(model, prompt_ids, config)
-    return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=model_device(model, device))
+    device = model_device(model, device)
+    return Generation(model, prompt_ids, config, eos_ids=eos_ids, device=device, decode_fn=decode_fn)
 
 
 class TextGeneration:
