@@ -16,9 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +26,7 @@ from forge.data.sources import iter_stdlib
 from forge.model.config import model_preset
 from forge.model.io import save_model
 from forge.model.transformer import Transformer
+from forge.serve.launch import ServerProcess
 from forge.tokenizer.bpe import TokenizerConfig, train_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
@@ -52,40 +50,18 @@ def make_run(root: Path) -> Path:
     return run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(run: Path, max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "forge.cli.main",
-        "serve",
-        str(run),
-        "--port",
-        str(port),
+def start_server(run: Path, max_batch: int, threads: int) -> ServerProcess:
+    args = [
         "--max-batch",
         str(max_batch),
         "--max-queue",
         "256",
         "--threads",
         str(threads),
+        "--model-name",
+        "small",
     ]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the server did not start")
+    return ServerProcess(run, args)
 
 
 def rss_mb(pid: int) -> float:
@@ -193,15 +169,6 @@ async def disconnects(url: str, total: int, new_tokens: int) -> int:
     return failed
 
 
-def scrape(url: str) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.split()
-            out[name] = float(value)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,7 +184,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(Path(tmp))
         for mode, max_batch in (("continuous_batching", 16), ("one_at_a_time", 1)):
-            process, url = start_server(run, max_batch, threads)
+            server = start_server(run, max_batch, threads)
+            url = server.url
             try:
                 asyncio.run(load_level(url, 2, 1, 8))  # warm-up
                 rows = []
@@ -237,11 +205,11 @@ def main() -> None:
                 results[mode] = rows
                 if mode == "continuous_batching":
                     asyncio.run(disconnects(url, 50, args.new_tokens))  # warm the allocator first
-                    before = rss_mb(process.pid)
+                    before = rss_mb(server.pid)
                     failed = asyncio.run(disconnects(url, args.disconnects, args.new_tokens))
                     time.sleep(1.0)
-                    after = rss_mb(process.pid)
-                    values = scrape(url)
+                    after = rss_mb(server.pid)
+                    values = server.metrics()
                     results["disconnects"] = {
                         "requests": args.disconnects,
                         "failed": failed,
@@ -253,8 +221,7 @@ def main() -> None:
                     }
                     print(f"disconnects: {results['disconnects']}", flush=True)
             finally:
-                process.terminate()
-                process.wait(timeout=30)
+                server.stop()
     at16 = {
         mode: next(r for r in results[mode] if r["clients"] == 16)
         for mode in ("continuous_batching", "one_at_a_time")

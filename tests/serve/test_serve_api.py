@@ -7,11 +7,13 @@ import time
 import httpx
 import openai
 import pytest
-from live_server import API_KEY, LiveServer, metrics
+from live_server import API_KEY, MODEL
+
+from forge.serve.launch import ServerProcess
 
 
 @pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> openai.OpenAI:
+def client(live_server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=API_KEY, max_retries=0, timeout=60)
 
 
@@ -20,15 +22,15 @@ def _chat(client: openai.OpenAI, model: str, **kwargs: object) -> object:
     return client.chat.completions.create(model=model, messages=messages, **kwargs)  # type: ignore[call-overload]
 
 
-def test_models_lists_the_served_model(client: openai.OpenAI, live_server: LiveServer) -> None:
-    assert [m.id for m in client.models.list().data] == [live_server.model]
+def test_models_lists_the_served_model(client: openai.OpenAI, live_server: ServerProcess) -> None:
+    assert [m.id for m in client.models.list().data] == [MODEL]
 
 
 def test_completion_counts_tokens_and_stops_at_max_tokens(
-    client: openai.OpenAI, live_server: LiveServer
+    client: openai.OpenAI, live_server: ServerProcess
 ) -> None:
     out = client.completions.create(
-        model=live_server.model, prompt="the quick", max_tokens=5, temperature=0, extra_body={"min_tokens": 5}
+        model=MODEL, prompt="the quick", max_tokens=5, temperature=0, extra_body={"min_tokens": 5}
     )
     assert out.object == "text_completion" and out.choices[0].finish_reason == "length"
     assert out.usage is not None and out.usage.completion_tokens == 5 and out.usage.prompt_tokens > 1
@@ -36,13 +38,11 @@ def test_completion_counts_tokens_and_stops_at_max_tokens(
 
 
 def test_chat_streaming_with_usage_matches_the_plain_answer(
-    client: openai.OpenAI, live_server: LiveServer
+    client: openai.OpenAI, live_server: ServerProcess
 ) -> None:
     settings = {"max_tokens": 12, "temperature": 0, "extra_body": {"min_tokens": 12}}
-    plain = _chat(client, live_server.model, **settings)
-    chunks = list(
-        _chat(client, live_server.model, stream=True, stream_options={"include_usage": True}, **settings)
-    )
+    plain = _chat(client, MODEL, **settings)
+    chunks = list(_chat(client, MODEL, stream=True, stream_options={"include_usage": True}, **settings))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
@@ -51,17 +51,17 @@ def test_chat_streaming_with_usage_matches_the_plain_answer(
     assert plain.choices[0].message.role == "assistant"  # type: ignore[attr-defined]
 
 
-def test_n_samples_and_seeds_reproduce(client: openai.OpenAI, live_server: LiveServer) -> None:
+def test_n_samples_and_seeds_reproduce(client: openai.OpenAI, live_server: ServerProcess) -> None:
     settings = {"max_tokens": 10, "temperature": 1.0, "n": 2, "extra_body": {"min_tokens": 10}}
-    first = _chat(client, live_server.model, seed=7, **settings)
-    again = _chat(client, live_server.model, seed=7, **settings)
-    other = _chat(client, live_server.model, seed=8, **settings)
+    first = _chat(client, MODEL, seed=7, **settings)
+    again = _chat(client, MODEL, seed=7, **settings)
+    other = _chat(client, MODEL, seed=8, **settings)
     texts = [c.message.content for c in first.choices]  # type: ignore[attr-defined]
     assert [c.index for c in first.choices] == [0, 1]  # type: ignore[attr-defined]
     assert texts == [c.message.content for c in again.choices]  # type: ignore[attr-defined]
     assert texts != [c.message.content for c in other.choices]  # type: ignore[attr-defined]
     assert texts[0] != texts[1]
-    streamed = _chat(client, live_server.model, seed=7, stream=True, **settings)
+    streamed = _chat(client, MODEL, seed=7, stream=True, **settings)
     pieces = {0: "", 1: ""}
     for chunk in streamed:
         for choice in chunk.choices:
@@ -69,8 +69,8 @@ def test_n_samples_and_seeds_reproduce(client: openai.OpenAI, live_server: LiveS
     assert [pieces[0], pieces[1]] == texts
 
 
-def test_stop_strings_cut_the_text_before_the_stop(client: openai.OpenAI, live_server: LiveServer) -> None:
-    settings = {"model": live_server.model, "prompt": "hello", "max_tokens": 20, "temperature": 0}
+def test_stop_strings_cut_the_text_before_the_stop(client: openai.OpenAI, live_server: ServerProcess) -> None:
+    settings = {"model": MODEL, "prompt": "hello", "max_tokens": 20, "temperature": 0}
     free = client.completions.create(**settings, extra_body={"min_tokens": 20}).choices[0].text
     stop = free[6:8]
     assert len(stop) == 2
@@ -80,10 +80,10 @@ def test_stop_strings_cut_the_text_before_the_stop(client: openai.OpenAI, live_s
     assert "".join(c.choices[0].text for c in stream) == free[: free.index(stop)]
 
 
-def test_logprobs_come_with_each_token(client: openai.OpenAI, live_server: LiveServer) -> None:
+def test_logprobs_come_with_each_token(client: openai.OpenAI, live_server: ServerProcess) -> None:
     out = _chat(
         client,
-        live_server.model,
+        MODEL,
         max_tokens=4,
         temperature=0,
         logprobs=True,
@@ -113,28 +113,28 @@ def test_logprobs_come_with_each_token(client: openai.OpenAI, live_server: LiveS
     ],
 )
 def test_bad_fields_are_400_naming_the_field(
-    client: openai.OpenAI, live_server: LiveServer, kwargs: dict, needle: str
+    client: openai.OpenAI, live_server: ServerProcess, kwargs: dict, needle: str
 ) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        _chat(client, live_server.model, **kwargs)
+        _chat(client, MODEL, **kwargs)
     assert needle in str(caught.value)
 
 
-def test_prompt_over_the_context_names_the_numbers(client: openai.OpenAI, live_server: LiveServer) -> None:
+def test_prompt_over_the_context_names_the_numbers(client: openai.OpenAI, live_server: ServerProcess) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.completions.create(model=live_server.model, prompt="hello world " * 20, max_tokens=250)
+        client.completions.create(model=MODEL, prompt="hello world " * 20, max_tokens=250)
     message = str(caught.value)
     assert "256" in message and "max_tokens" in message
 
 
-def test_auth_model_size_and_json_errors(client: openai.OpenAI, live_server: LiveServer) -> None:
+def test_auth_model_size_and_json_errors(client: openai.OpenAI, live_server: ServerProcess) -> None:
     wrong = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
     with pytest.raises(openai.NotFoundError):
         _chat(client, "no-such-model")
     with pytest.raises(openai.APIStatusError) as caught:
-        _chat(client, live_server.model, messages=[{"role": "user", "content": "x" * 30_000}])
+        _chat(client, MODEL, messages=[{"role": "user", "content": "x" * 30_000}])
     assert caught.value.status_code == 413
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     response = httpx.post(f"{live_server.url}/v1/chat/completions", content=b"{not json", headers=headers)
@@ -146,13 +146,13 @@ def test_auth_model_size_and_json_errors(client: openai.OpenAI, live_server: Liv
     }
 
 
-def test_a_full_queue_answers_429(client: openai.OpenAI, live_server: LiveServer) -> None:
+def test_a_full_queue_answers_429(client: openai.OpenAI, live_server: ServerProcess) -> None:
     outcomes: list[str] = []
 
     def one() -> None:
         try:
             client.completions.create(
-                model=live_server.model,
+                model=MODEL,
                 prompt="hi",
                 max_tokens=200,
                 temperature=0,
@@ -170,16 +170,16 @@ def test_a_full_queue_answers_429(client: openai.OpenAI, live_server: LiveServer
     assert "429" in outcomes and "ok" in outcomes
 
 
-def test_clients_that_disconnect_leave_no_running_slots(live_server: LiveServer) -> None:
+def test_clients_that_disconnect_leave_no_running_slots(live_server: ServerProcess) -> None:
     headers = {"Authorization": f"Bearer {API_KEY}"}
     body = {
-        "model": live_server.model,
+        "model": MODEL,
         "prompt": "hello",
         "max_tokens": 200,
         "min_tokens": 200,
         "stream": True,
     }
-    before = metrics(live_server.url)["forge_requests_cancelled_total"]
+    before = live_server.metrics()["forge_requests_cancelled_total"]
     with httpx.Client(timeout=30) as http:
         for _ in range(8):
             with http.stream(
@@ -190,7 +190,7 @@ def test_clients_that_disconnect_leave_no_running_slots(live_server: LiveServer)
                 assert "choices" in json.loads(first[6:])  # streaming had started; now the client leaves
     deadline = time.time() + 20
     while time.time() < deadline:
-        values = metrics(live_server.url)
+        values = live_server.metrics()
         if values["forge_slots_running"] == 0 and values["forge_requests_waiting"] == 0:
             break
         time.sleep(0.05)
@@ -198,7 +198,7 @@ def test_clients_that_disconnect_leave_no_running_slots(live_server: LiveServer)
     assert values["forge_requests_cancelled_total"] - before >= 7  # a very fast one may finish first
 
 
-def test_health_and_metrics_are_open(live_server: LiveServer) -> None:
+def test_health_and_metrics_are_open(live_server: ServerProcess) -> None:
     assert httpx.get(f"{live_server.url}/health").json()["status"] == "ok"
-    values = metrics(live_server.url)
+    values = live_server.metrics()
     assert values["forge_generated_tokens_total"] >= 0 and "forge_time_to_first_token_seconds_count" in values

@@ -4,7 +4,9 @@ import os
 import shutil
 
 import pytest
-from live_server import API_KEY, LiveServer
+from live_server import API_KEY, MODEL
+
+from forge.serve.launch import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -20,7 +22,7 @@ CHROMIUM_FLAGS = [
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
 def test_the_chat_page_streams_an_answer_and_keeps_the_conversation(
-    live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory
+    live_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -29,7 +31,7 @@ def test_the_chat_page_streams_an_answer_and_keeps_the_conversation(
         try:
             page = browser.new_page()
             page.goto(live_server.url + "/")
-            expect(page.locator("#model")).to_have_text(live_server.model)
+            expect(page.locator("#model")).to_have_text(MODEL)
             page.fill("#key", API_KEY)
             page.fill("#max_tokens", "16")
             page.fill("#input", "hello there")
