@@ -366,3 +366,20 @@ def test_draw_uses_each_rows_own_generator() -> None:
     assert together.tolist() == alone
     with pytest.raises(ValueError, match="3 rows of probabilities but 2 generators"):
         draw(probs, [None, None])
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0])  # flat, in between, peaked
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.99])
+def test_top_p_by_selection_cuts_exactly_where_sorting_does(scale: float, top_p: float) -> None:
+    from forge.infer.sampling import _top_p_by_selection, _top_p_by_sorting
+
+    logits = (
+        torch.randn(4, 8192, generator=torch.Generator().manual_seed(int(scale * 100 + top_p * 10))) * scale
+    )
+    selected = _top_p_by_selection(logits, top_p)
+    expected = _top_p_by_sorting(logits, top_p)
+    if scale == 8.0 or (scale == 0.01 and top_p >= 0.9):  # peaked, or flat with a thin cut tail
+        assert selected is not None  # decided without the full sort
+    if selected is not None:
+        assert torch.equal(torch.isinf(selected), torch.isinf(expected))
+    assert torch.equal(apply_top_p(logits, top_p), expected)

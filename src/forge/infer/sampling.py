@@ -260,9 +260,50 @@ def apply_top_p(logits: torch.Tensor, top_p: Setting) -> torch.Tensor:
 
     A token is kept when the probability of the tokens more likely than it is still below `top_p`, so the
     token that crosses the threshold is kept and the most likely token always is.
+
+    Sorting the whole vocabulary costs 0.5 ms a row on a CPU (stable sort, 8192 tokens), more than a
+    small model's decode step spends elsewhere, so a single `top_p` first tries `_top_p_by_selection`,
+    which decides from a partial selection when it can; the full sort runs otherwise.
     """
-    if not isinstance(top_p, torch.Tensor) and top_p >= 1.0:
-        return logits
+    if not isinstance(top_p, torch.Tensor):
+        if top_p >= 1.0:
+            return logits
+        selected = _top_p_by_selection(logits, top_p)
+        if selected is not None:
+            return selected
+    return _top_p_by_sorting(logits, top_p)
+
+
+def _top_p_by_selection(
+    logits: torch.Tensor, top_p: float, head: int = 256, tail: int = 1024
+) -> torch.Tensor | None:
+    """`apply_top_p` from the `head` most likely tokens when they hold at least `top_p` of the mass
+    (peaked distributions), or from the `tail` least likely when they hold more than 1 - `top_p` (flat
+    ones: the cut tokens are all among them); None when neither holds for every row.
+
+    The same cut as sorting everything, up to float rounding at the threshold and to which of several
+    exactly equal probabilities falls on which side of it.
+    """
+    V = logits.shape[-1]
+    probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
+    if head < V:
+        head_probs, head_ids = probs.topk(head, dim=-1)  # (B, head), most likely first
+        if bool((head_probs.sum(dim=-1) >= top_p).all()):  # the crossing token is among them
+            mass_before = head_probs.cumsum(dim=-1) - head_probs
+            keep = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, head_ids, mass_before < top_p)
+            return logits.masked_fill(~keep, float("-inf"))
+    if tail < V:
+        tail_probs, tail_ids = probs.topk(tail, dim=-1, largest=False)  # (B, tail), least likely first
+        mass_up_to = tail_probs.cumsum(dim=-1)  # this token and all less likely ones
+        if bool((mass_up_to[:, -1] > 1.0 - top_p).all()):  # the most likely of them is kept
+            # removed ⇔ the tokens more likely than it hold ≥ top_p ⇔ it and the less likely hold ≤ 1 - top_p
+            cut = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, tail_ids, mass_up_to <= 1.0 - top_p)
+            return logits.masked_fill(cut, float("-inf"))
+    return None
+
+
+def _top_p_by_sorting(logits: torch.Tensor, top_p: Setting) -> torch.Tensor:
+    """`apply_top_p` by sorting every row (any `top_p`, one per row included)."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     sorted_probs = torch.softmax(sorted_logits.float(), dim=-1)  # (B, V)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # (B, V) probability of better tokens
