@@ -33,7 +33,7 @@ from forge.infer.engine import (
     prepare_prompt,
 )
 from forge.infer.kv_cache import KVCache
-from forge.infer.sampling import SamplingConfig, sample
+from forge.infer.sampling import SamplingConfig, TokenStats, sample
 
 if TYPE_CHECKING:
     from forge.model.transformer import Transformer
@@ -100,17 +100,17 @@ class Row:
 
 
 def pick_tokens(
-    logits: torch.Tensor, rows: Sequence[Row], seen: torch.Tensor, counts: torch.Tensor
+    logits: torch.Tensor, rows: Sequence[Row], stats: TokenStats, slots: torch.Tensor
 ) -> list[int]:
     """The next token of every row of logits (B, V): rows with equal settings are processed together,
-    each drawn with its own generator; `seen` and `counts` (B, V) are the rows' token statistics."""
+    each drawn with its own generator; row i's token statistics are `stats` row `slots[i]`."""
     groups: dict[SamplingConfig, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.config, []).append(i)
     picked = [0] * len(rows)
     for config, members in groups.items():
         index = torch.tensor(members, device=logits.device)
-        sub_seen, sub_counts = seen[index], counts[index]
+        sub_seen, sub_counts = stats.select(slots[index])
         generators = [rows[i].generator for i in members]
         ids = sample(logits[index], config, generators, seen=sub_seen, counts=sub_counts).tolist()
         for i, token_id in zip(members, ids, strict=True):
@@ -167,10 +167,9 @@ def generate_batch(
         logits = logits.index_select(0, owner)
     positions = lengths.index_select(0, owner).clone()  # where each row's next token will be fed
 
-    seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=device)  # prompt and output (repetition)
-    counts = torch.zeros(len(rows), vocab, dtype=torch.int32, device=device)  # output only (presence/freq)
+    stats = TokenStats(len(rows), vocab, device)
     for i, row in enumerate(rows):
-        seen[i, prompts[row.completion.request]] = True
+        stats.start(i, prompts[row.completion.request])
     eos_index = torch.tensor(eos, dtype=torch.long, device=device)
 
     penalised = any(c.repetition_penalty != 1.0 or c.presence_penalty or c.frequency_penalty for c in configs)
@@ -181,7 +180,7 @@ def generate_batch(
         for i, row in enumerate(rows):  # end-of-sequence is not allowed before min_new_tokens
             if eos and len(row.completion.token_ids) < row.config.min_new_tokens:
                 logits[i, eos_index] = float("-inf")
-        picked = pick_tokens(logits, rows, seen, counts)
+        picked = pick_tokens(logits, rows, stats, every_row)
         for i, (row, token_id) in enumerate(zip(rows, picked, strict=True)):
             if row.done:
                 continue
@@ -197,8 +196,7 @@ def generate_batch(
             return [row.completion for row in rows]
         tokens = torch.tensor(picked, dtype=torch.long, device=device)
         if penalised:  # finished rows are counted too: harmless, their output is frozen
-            seen[every_row, tokens] = True
-            counts[every_row, tokens] += 1
+            stats.add(every_row, tokens)
         # finished rows still run (their output is frozen); keep their writes inside the cache
         at = positions.clamp(max=max_seq_len - 1)
         logits = (decode_fn or decode_one_token)(model, tokens, at, cache)

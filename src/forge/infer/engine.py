@@ -39,7 +39,7 @@ from torch import nn
 from forge.errors import ForgeError
 from forge.infer.detok import StopStrings, StreamDecoder
 from forge.infer.kv_cache import KVCache
-from forge.infer.sampling import SamplingConfig, sample
+from forge.infer.sampling import SamplingConfig, TokenStats, sample
 from forge.tokenizer.chat import fit_messages, render
 
 if TYPE_CHECKING:
@@ -151,13 +151,10 @@ class Generation:
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
         # token statistics for the repetition / presence / frequency penalties, kept only when used
-        self.seen: torch.Tensor | None = None
-        self.counts: torch.Tensor | None = None
+        self.stats: TokenStats | None = None
         if config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty:
-            vocab = model.config.vocab_size
-            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
-            self.seen[0, prompt_ids] = True
-            self.counts = torch.zeros(1, vocab, dtype=torch.int32, device=device)
+            self.stats = TokenStats(1, model.config.vocab_size, device)
+            self.stats.start(0, prompt_ids)
         self._ids = self._run()
 
     def __iter__(self) -> Iterator[int]:
@@ -192,10 +189,10 @@ class Generation:
         if self.generated_tokens < self.config.min_new_tokens and self.eos_ids:
             logits = logits.clone()
             logits[:, sorted(self.eos_ids)] = float("-inf")
-        token_id = int(sample(logits, self.config, self.generator, seen=self.seen, counts=self.counts))
-        if self.seen is not None and self.counts is not None:
-            self.seen[0, token_id] = True
-            self.counts[0, token_id] += 1
+        seen, counts = (self.stats.seen, self.stats.counts) if self.stats is not None else (None, None)
+        token_id = int(sample(logits, self.config, self.generator, seen=seen, counts=counts))
+        if self.stats is not None:
+            self.stats.add(0, token_id)
         if self.on_token is not None:
             self.on_token(logits[0], token_id)
         return token_id

@@ -350,6 +350,32 @@ def _logit_bias_vector(logit_bias: tuple[str, ...], vocab_size: int, device: tor
     return bias.to(device)
 
 
+class TokenStats:
+    """The token statistics the penalties read, one row per sequence: `seen` (B, V) bool marks the tokens
+    of the prompt and the output (repetition penalty), `counts` (B, V) how often each was generated
+    (presence and frequency penalties). One object for the single-request engine, the batch engine and
+    the server's slots."""
+
+    def __init__(self, rows: int, vocab_size: int, device: torch.device | str | None = None) -> None:
+        self.seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+        self.counts = torch.zeros(rows, vocab_size, dtype=torch.int32, device=device)
+
+    def start(self, row: int, prompt_ids: Sequence[int]) -> None:
+        """Reset `row` for a new sequence with this prompt."""
+        self.seen[row] = False
+        self.seen[row, list(prompt_ids)] = True
+        self.counts[row] = 0
+
+    def add(self, rows: torch.Tensor | int, token_ids: torch.Tensor | int) -> None:
+        """Record that each of `rows` generated the matching one of `token_ids`."""
+        self.seen[rows, token_ids] = True
+        self.counts[rows, token_ids] += 1
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`seen` and `counts` of `rows` (copies), for `sample` / `process_logits`."""
+        return self.seen[rows], self.counts[rows]
+
+
 def _needed(stats: torch.Tensor | None, name: str, setting: str) -> torch.Tensor:
     if stats is None:
         raise ValueError(f"{setting} needs `{name}`, the token statistics of each row (B, V)")

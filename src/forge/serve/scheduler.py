@@ -36,7 +36,7 @@ import torch
 from forge.infer.batch import Completion, Row, pick_tokens
 from forge.infer.engine import DecodeFn, FinishReason, decode_one_token, model_device, prefill
 from forge.infer.kv_cache import KVCache
-from forge.infer.sampling import SamplingConfig
+from forge.infer.sampling import SamplingConfig, TokenStats
 
 if TYPE_CHECKING:
     from forge.model.transformer import Transformer
@@ -143,9 +143,7 @@ class Scheduler:
         self.device = model_device(model, None)
         self.context = model.config.context_length
         self.cache = KVCache.for_model(model, batch_size=max_batch)
-        vocab = model.config.vocab_size
-        self.seen = torch.zeros(max_batch, vocab, dtype=torch.bool, device=self.device)
-        self.counts = torch.zeros(max_batch, vocab, dtype=torch.int32, device=self.device)
+        self.stats = TokenStats(max_batch, model.config.vocab_size, self.device)
         self.slots: list[_Slot | None] = [None] * max_batch
         self.waiting: deque[Request] = deque()
         self.metrics = Metrics()
@@ -259,9 +257,7 @@ class Scheduler:
             row = Row(completion, config, self.token_bytes)
             row.generator = torch.Generator(device=self.device).manual_seed(base_seed + j)
             self.slots[slot_index] = _Slot(request, row, position=length)
-            self.seen[slot_index] = False
-            self.seen[slot_index, prompt] = True
-            self.counts[slot_index] = 0
+            self.stats.start(slot_index, prompt)
         self.metrics.prompt_tokens += length
         self._advance(free, logits.expand(len(free), -1).clone())
 
@@ -302,7 +298,7 @@ class Scheduler:
                 logits[k, eos] = float("-inf")
         index = torch.tensor(slot_indices, device=self.device)
         rows = [slot.row for slot in slots if slot is not None]
-        picked = pick_tokens(logits, rows, self.seen[index], self.counts[index])
+        picked = pick_tokens(logits, rows, self.stats, index)
         logprobs = self._logprobs(logits, slots, picked)
         now = time.perf_counter()
         for k, (slot_index, slot, token_id) in enumerate(zip(slot_indices, slots, picked, strict=True)):
@@ -316,8 +312,7 @@ class Scheduler:
             else:
                 self.metrics.tokens_generated += 1
                 text = row.add(token_id)
-                self.seen[slot_index, token_id] = True
-                self.counts[slot_index, token_id] += 1
+                self.stats.add(slot_index, token_id)
                 event = Event(
                     row.completion.sample, text, [token_id], logprobs[k : k + 1] if logprobs else []
                 )
