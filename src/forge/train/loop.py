@@ -7,13 +7,17 @@
 
 The caller supplies the model, the optimizer, a `next_batch` function, and optional `evaluate` and
 `sample` callbacks; the loop owns the schedule, logging, checkpoints and the progress bar. The loss is read
-back from the device only at logging steps, so the hot loop never waits on the host. Ctrl-C saves a
-checkpoint and returns, so no work since the last checkpoint is lost.
+back from the device only at logging steps, so the hot loop never waits on the host. Ctrl-C (SIGINT) or
+SIGTERM saves a checkpoint and returns, so no work is lost; SIGKILL, which cannot be caught, loses at most
+the steps since the last checkpoint, since checkpoints are written atomically.
 """
 
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,71 +186,74 @@ def train(
     window_start, window_tokens = time.perf_counter(), 0
     loss_sum = torch.zeros((), device=device)
     try:
-        while state.step < config.max_steps and not out_of_time():
-            step_start = time.perf_counter()
-            if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
-                _log_eval(log, bar, state, evaluate(False), final=False)
-            if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
-                bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
-            lr = config.lr * lr_multiplier(
-                state.step,
-                state.progress(config),
-                warmup_steps=config.warmup_steps,
-                min_lr_ratio=config.min_lr_ratio,
-            )
-            set_lr(optimizer, lr)
-            for _ in range(config.grad_accum):
-                x, y = next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(
-                    device.type,
-                    dtype=config.autocast_dtype or torch.float32,
-                    enabled=config.autocast_dtype is not None,
-                ):
-                    loss = loss_fn(model, x, y) / config.grad_accum
-                loss.backward()
-                loss_sum += loss.detach()
-                window_tokens += x.numel()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens += config.grad_accum * x.numel()
-            state.elapsed_s += time.perf_counter() - step_start
-            bar.update(1)
-            if _due(state.step, config.log_every) or state.step == config.max_steps:
-                window_steps = (
-                    config.log_every if _due(state.step, config.log_every) else state.step % config.log_every
+        with _terminate_as_interrupt():  # SIGTERM (a scheduler, `kill`) acts like Ctrl-C
+            while state.step < config.max_steps and not out_of_time():
+                step_start = time.perf_counter()
+                if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
+                    _log_eval(log, bar, state, evaluate(False), final=False)
+                if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
+                    bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
+                lr = config.lr * lr_multiplier(
+                    state.step,
+                    state.progress(config),
+                    warmup_steps=config.warmup_steps,
+                    min_lr_ratio=config.min_lr_ratio,
                 )
-                train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / (now - window_start)
-                log.log(
-                    {
-                        "step": state.step,
-                        "tokens": state.tokens,
-                        "train_loss": train_loss,
-                        "lr": lr,
-                        "tokens_per_s": tokens_per_s,
-                        "elapsed_s": round(state.elapsed_s, 3),
-                    }
-                )
-                bar.set_postfix_str(_postfix(train_loss, tokens_per_s, state, config), refresh=False)
-                if config.max_minutes:  # the budget, not max_steps, decides when this run ends: show that
-                    left_s = max(0.0, 60 * config.max_minutes - state.elapsed_s)
-                    bar.total = min(
-                        config.max_steps, state.step + round(left_s * state.step / state.elapsed_s)
+                set_lr(optimizer, lr)
+                for _ in range(config.grad_accum):
+                    x, y = next_batch()
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast(
+                        device.type,
+                        dtype=config.autocast_dtype or torch.float32,
+                        enabled=config.autocast_dtype is not None,
+                    ):
+                        loss = loss_fn(model, x, y) / config.grad_accum
+                    loss.backward()
+                    loss_sum += loss.detach()
+                    window_tokens += x.numel()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.tokens += config.grad_accum * x.numel()
+                state.elapsed_s += time.perf_counter() - step_start
+                bar.update(1)
+                if _due(state.step, config.log_every) or state.step == config.max_steps:
+                    window_steps = (
+                        config.log_every
+                        if _due(state.step, config.log_every)
+                        else state.step % config.log_every
                     )
-                loss_sum.zero_()
-                window_start, window_tokens = now, 0
-                if not math.isfinite(train_loss):
-                    raise FloatingPointError(
-                        f"training loss became {train_loss} at step {state.step}; "
-                        "lower --lr or use --dtype float32"
+                    train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / (now - window_start)
+                    log.log(
+                        {
+                            "step": state.step,
+                            "tokens": state.tokens,
+                            "train_loss": train_loss,
+                            "lr": lr,
+                            "tokens_per_s": tokens_per_s,
+                            "elapsed_s": round(state.elapsed_s, 3),
+                        }
                     )
-            if _due(state.step, config.checkpoint_every):
-                checkpoint()
+                    bar.set_postfix_str(_postfix(train_loss, tokens_per_s, state, config), refresh=False)
+                    if config.max_minutes:  # the budget, not max_steps, decides when this run ends: show that
+                        left_s = max(0.0, 60 * config.max_minutes - state.elapsed_s)
+                        bar.total = min(
+                            config.max_steps, state.step + round(left_s * state.step / state.elapsed_s)
+                        )
+                    loss_sum.zero_()
+                    window_start, window_tokens = now, 0
+                    if not math.isfinite(train_loss):
+                        raise FloatingPointError(
+                            f"training loss became {train_loss} at step {state.step}; "
+                            "lower --lr or use --dtype float32"
+                        )
+                if _due(state.step, config.checkpoint_every):
+                    checkpoint()
     except KeyboardInterrupt:
         state.interrupted = True
         bar.write(f"interrupted at step {state.step}: saving a checkpoint; resume with --resume")
@@ -257,6 +264,25 @@ def train(
     checkpoint()
     log.close()
     return state
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt as SIGINT does, so the loop saves a checkpoint
+    and returns; the previous handler comes back afterwards. Signals reach only the main thread, so
+    elsewhere (a training thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _log_eval(
