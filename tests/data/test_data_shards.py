@@ -128,8 +128,10 @@ def test_batch_loader_windows_and_exact_resume(tmp_path: Path) -> None:
     resumed = BatchLoader(shards, batch_size=4, seq_len=16, seed=3)
     resumed.load_state_dict({"position": 3})
     assert torch.equal(resumed.next_batch()[0], batches[3][0])
-    other_rank = BatchLoader(shards, batch_size=4, seq_len=16, seed=3, rank=1)
-    assert not torch.equal(other_rank.next_batch()[0], batches[0][0])
+    # two ranks with 4 rows each read, together, the rows of one loader with 8
+    whole = BatchLoader(shards, batch_size=8, seq_len=16, seed=3).next_batch()[0]
+    ranks = [BatchLoader(shards, batch_size=4, seq_len=16, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    assert torch.equal(torch.cat([r.next_batch()[0] for r in ranks]), whole)
     with pytest.raises(DataError, match="smaller --seq-len"):
         BatchLoader(shards, batch_size=4, seq_len=1000)
 

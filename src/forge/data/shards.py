@@ -256,20 +256,23 @@ class TokenShards:
 
 
 class BatchLoader:
-    """Random training windows: batch n holds `batch_size` windows of `seq_len + 1` tokens drawn from
-    the generator seeded by (seed, rank, n). `state_dict()` is that n, so a resumed run reads the same
-    batches it would have read."""
+    """Random training windows: global batch n holds `batch_size × world_size` windows of `seq_len + 1`
+    tokens drawn from the generator seeded by (seed, n), and rank r reads rows r·batch_size onwards, so
+    N processes together read exactly the batches one process with N times the batch would.
+    `state_dict()` is that n, so a resumed run (with any number of processes) reads what it would have."""
 
     def __init__(
-        self, shards: TokenShards, batch_size: int, seq_len: int, *, seed: int = 0, rank: int = 0
+        self,
+        shards: TokenShards,
+        batch_size: int,
+        seq_len: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
-        self.shards, self.batch_size, self.seq_len, self.seed, self.rank = (
-            shards,
-            batch_size,
-            seq_len,
-            seed,
-            rank,
-        )
+        self.shards, self.batch_size, self.seq_len, self.seed = shards, batch_size, seq_len, seed
+        self.rank, self.world_size = rank, world_size
         self.position = 0
         window = seq_len + 1
         starts = np.array([max(0, len(a) - window + 1) for a in shards.arrays], dtype=np.int64)
@@ -282,9 +285,10 @@ class BatchLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64, targets shifted by one token."""
-        rng = np.random.Generator(np.random.PCG64([self.seed, self.rank, self.position]))
+        rng = np.random.Generator(np.random.PCG64([self.seed, 0, self.position]))
         self.position += 1
-        picks = rng.integers(0, self._ends[-1], size=self.batch_size)
+        picks = rng.integers(0, self._ends[-1], size=self.batch_size * self.world_size)
+        picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]  # this rank's rows
         shard_of = np.searchsorted(self._ends, picks, side="right")
         offsets = picks - np.concatenate(([0], self._ends))[shard_of]
         window = self.seq_len + 1

@@ -1,7 +1,8 @@
 """Checkpoints that resume exactly and survive crashes.
 
-A checkpoint is a directory `checkpoints/step-0000100/` holding the model, the optimizer state and the RNG
-states as safetensors (nothing is pickled, so loading a checkpoint never runs code), `state.json` (step,
+A checkpoint is a directory `checkpoints/step-0000100/` holding the model, the optimizer state (keyed by
+parameter name and unsharded, so a run saved by N processes resumes in M) and the RNG states as
+safetensors (nothing is pickled, so loading a checkpoint never runs code), `state.json` (step,
 data-loader position, elapsed time, counters) and `manifest.json` with a sha256 per file. It is written to
 a temporary directory and renamed into place; the `latest` pointer is updated last, so a crash at any
 moment leaves the previous checkpoint intact. Loading verifies the checksums and falls back to the newest
@@ -18,13 +19,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from forge.errors import CheckpointError
 from forge.io import atomic_dir, write_json, write_text
+from forge.train.distributed import World, barrier, full_state, load_full_state, unwrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state keyed by parameter name (1: by index)
+OPTIM_SEPARATOR = "::"  # optimizer tensors are saved as 'parameter.name::exp_avg'
 
 
 def _sha256(path: Path) -> str:
@@ -88,25 +91,52 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep_last: int = 3,
+    world: World | None = None,
 ) -> Path:
-    """Write `checkpoints/step-N/` atomically, point `latest` at it, prune to the newest `keep_last`."""
+    """Write `checkpoints/step-N/` atomically, point `latest` at it, prune to the newest `keep_last`.
+
+    In a distributed run every rank must call this (the states are gathered); rank 0 writes.
+    """
+    world = world or World()
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
-    opt_tensors, groups = _optimizer_tensors(optimizer)
+    model_state, optim_state = full_state(model, optimizer)
+    if world.is_main:
+        _write_checkpoint(final, step, unwrap(model), model_state, optim_state, state)
+    barrier(world)
+    if keep_last > 0 and world.is_main:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(world)
+    return final
+
+
+def _write_checkpoint(
+    final: Path,
+    step: int,
+    model: nn.Module,
+    model_state: dict[str, Any],
+    optim_state: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
+    weights = {name: t.detach().cpu().contiguous() for name, t in model_state.items()}
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):
+        weights.pop("lm_head.weight", None)  # the same tensor as the embedding; restored on load
+    opt_tensors = {
+        f"{name}{OPTIM_SEPARATOR}{key}": value.detach().cpu().contiguous()
+        for name, param_state in optim_state["state"].items()
+        for key, value in param_state.items()
+    }
     rng_tensors, rng_plain = _rng_state()
     with atomic_dir(final) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / "model.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         write_json(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "rng": rng_plain, **state})
-        write_json(tmp / "optimizer_groups.json", groups)
+        write_json(tmp / "optimizer_groups.json", optim_state["param_groups"])
         files = sorted(p.name for p in tmp.iterdir())
         write_json(tmp / "manifest.json", {"step": step, "sha256": {n: _sha256(tmp / n) for n in files}})
-    write_text(root / "latest", final.name + "\n")
-    if keep_last > 0:
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+    write_text(final.parent / "latest", final.name + "\n")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -153,21 +183,40 @@ def find_resumable(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG states from `path`; return its state.json."""
-    try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"{path}: model weights do not fit this model ({e}); check --preset/--model.*"
-        ) from e
-    if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+    """Restore model, optimizer and RNG states from `path`; return its state.json. Every rank of a
+    distributed run calls it (each reads the files; FSDP keeps its own shard)."""
+    state = json.loads((path / "state.json").read_text())
+    weights = load_file(str(path / "model.safetensors"))
+    inner = unwrap(model)
+    if getattr(getattr(inner, "config", None), "tie_embeddings", False) and "lm_head.weight" not in weights:
+        weights["lm_head.weight"] = weights.get("model.embed_tokens.weight", torch.empty(0))
+    expected = set(inner.state_dict())
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
         raise CheckpointError(
             f"{path}: checkpoint and model disagree (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "resume with the same model options the run was started with"
         )
     groups = json.loads((path / "optimizer_groups.json").read_text())
-    # load_state_dict moves each state tensor to its parameter's device (and keeps `step` where it belongs)
-    _load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), groups)
-    state = json.loads((path / "state.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    if state.get("format", 1) == 1:  # optimizer state keyed by index: one process only
+        try:
+            inner.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{path}: model weights do not fit this model ({e}); check --model.*"
+            ) from e
+        _load_optimizer(optimizer, tensors, groups)
+    else:
+        optim_state: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            name, field = key.rsplit(OPTIM_SEPARATOR, 1)
+            optim_state.setdefault(name, {})[field] = value
+        try:
+            load_full_state(model, optimizer, weights, {"state": optim_state, "param_groups": groups})
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{path}: the checkpoint does not fit this model ({e}); check --model.*"
+            ) from e
     _restore_rng(load_file(str(path / "rng.safetensors")), state.pop("rng"))
     return state

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from forge.errors import ConfigError
 from forge.train.checkpoint import save_checkpoint
+from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
 from forge.train.optim import lr_multiplier, set_lr
 
@@ -150,14 +151,24 @@ def train(
     evaluate: Callable[[bool], dict[str, float]] | None = None,
     sample: Callable[[], str] | None = None,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
+    world: World | None = None,
 ) -> TrainState:
-    """Train until `max_steps` or `max_minutes`; returns the final state (also on Ctrl-C)."""
-    log = MetricsLog(Path(run_dir) / "metrics.jsonl", truncate_after_step=state.step)
+    """Train until `max_steps` or `max_minutes`; returns the final state (also on Ctrl-C).
+
+    In a distributed run (`world`) every rank calls this with its own `next_batch`; `evaluate` runs on
+    every rank, and rank 0 alone logs, shows progress and writes checkpoints.
+    """
+    world = world or World()
+    log: MetricsLog | _NoLog = (
+        MetricsLog(Path(run_dir) / "metrics.jsonl", truncate_after_step=state.step)
+        if world.is_main
+        else _NoLog()
+    )
     bar = tqdm(
         total=None if config.max_minutes else config.max_steps,
         initial=state.step,
         unit="step",
-        disable=not config.progress,
+        disable=not config.progress or not world.is_main,
         dynamic_ncols=True,
         smoothing=0.1,
     )
@@ -177,6 +188,7 @@ def train(
             optimizer=optimizer,
             state=payload,
             keep_last=config.keep_checkpoints,
+            world=world,
         )
 
     def out_of_time() -> bool:
@@ -190,7 +202,7 @@ def train(
             while state.step < config.max_steps and not out_of_time():
                 step_start = time.perf_counter()
                 if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
-                    _log_eval(log, bar, state, evaluate(False), final=False)
+                    _log_eval(log, bar, state, evaluate(False), final=False, show=world.is_main)
                 if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
                     bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
                 lr = config.lr * lr_multiplier(
@@ -200,24 +212,26 @@ def train(
                     min_lr_ratio=config.min_lr_ratio,
                 )
                 set_lr(optimizer, lr)
-                for _ in range(config.grad_accum):
+                for micro in range(config.grad_accum):
                     x, y = next_batch()
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(
-                        device.type,
-                        dtype=config.autocast_dtype or torch.float32,
-                        enabled=config.autocast_dtype is not None,
-                    ):
-                        loss = loss_fn(model, x, y) / config.grad_accum
-                    loss.backward()
+                    # gradients cross ranks once per step, on the last micro-batch
+                    with gradient_sync(model, world, enabled=micro == config.grad_accum - 1):
+                        with torch.autocast(
+                            device.type,
+                            dtype=config.autocast_dtype or torch.float32,
+                            enabled=config.autocast_dtype is not None,
+                        ):
+                            loss = loss_fn(model, x, y) / config.grad_accum
+                        loss.backward()
                     loss_sum += loss.detach()
-                    window_tokens += x.numel()
+                    window_tokens += x.numel() * world.size
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
-                state.tokens += config.grad_accum * x.numel()
+                state.tokens += config.grad_accum * x.numel() * world.size
                 state.elapsed_s += time.perf_counter() - step_start
                 bar.update(1)
                 if _due(state.step, config.log_every) or state.step == config.max_steps:
@@ -226,6 +240,9 @@ def train(
                         if _due(state.step, config.log_every)
                         else state.step % config.log_every
                     )
+                    if world.distributed:  # the mean over every rank's rows: the global batch's loss
+                        torch.distributed.all_reduce(loss_sum)
+                        loss_sum /= world.size
                     train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / (now - window_start)
@@ -260,7 +277,7 @@ def train(
     finally:
         bar.close()
     if evaluate is not None and not state.interrupted:
-        _log_eval(log, None, state, evaluate(True), final=True)
+        _log_eval(log, None, state, evaluate(True), final=True, show=world.is_main)
     checkpoint()
     log.close()
     return state
@@ -285,14 +302,32 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _NoLog:
+    """The metrics log of ranks other than 0: they train and evaluate, rank 0 writes."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _log_eval(
-    log: MetricsLog, bar: tqdm | None, state: TrainState, result: dict[str, float], *, final: bool
+    log: "MetricsLog | _NoLog",
+    bar: tqdm | None,
+    state: TrainState,
+    result: dict[str, float],
+    *,
+    final: bool,
+    show: bool = True,
 ) -> None:
     # "tokens" is training progress; the evaluation's own counts are val_tokens / val_bytes. `final` marks
     # the whole-split evaluation; periodic ones read only --eval-batches batches
     record = {"step": state.step, "tokens": state.tokens, "val_final": final}
     log.log(record | {f"val_{k}": v for k, v in result.items()})
     message = f"step {state.step}: val loss {result['loss']:.4f}, val bits/byte {result['bpb']:.4f}"
+    if not show:
+        return
     if bar is not None:
         bar.write(message)
     else:

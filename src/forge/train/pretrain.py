@@ -8,6 +8,7 @@ directory (`model.safetensors`, `config.json`, `tokenizer/`, `metrics.jsonl`, `l
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from forge.io import write_json
 from forge.model.config import ModelConfig
 from forge.model.io import save_model
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, seed_everything, set_threads
+from forge.runtime import available_cores, resolve_device, seed_everything, set_threads
 from forge.tokenizer.bpe import Tokenizer
 from forge.train.checkpoint import find_resumable, load_checkpoint
+from forge.train.distributed import World, close_world, full_state, init_world, unwrap, wrap_model
 from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
 from forge.train.loop import TrainConfig, TrainState, train
 from forge.train.metrics import plot_losses
@@ -47,6 +49,10 @@ class PretrainConfig(TrainConfig):
     """run directory to write (model, config, metrics, plot, checkpoints)"""
     resume: bool = False
     """continue the run in --out from its newest valid checkpoint"""
+    parallel: str = "ddp"
+    """with several processes (`torchrun --nproc-per-node N -m forge.cli.main pretrain ...`): ddp
+    (replicate the model) or fsdp (shard parameters, gradients and optimizer state); --batch-size is
+    per process"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """model shape (set by --preset; the vocabulary size always comes from the tokenizer)"""
 
@@ -85,11 +91,20 @@ def load_data(config: PretrainConfig) -> tuple[TokenShards, TokenShards, Tokeniz
 
 
 def pretrain(config: PretrainConfig) -> dict[str, Any]:
-    """Train a model as configured; return the summary written to `summary.json`."""
+    """Train a model as configured; return the summary written to `summary.json` (on rank 0; other
+    ranks of a distributed run return {"rank": N})."""
+    world, device = init_world(config.parallel, resolve_device(config.device))
+    try:
+        return _pretrain(config, world, device)
+    finally:
+        close_world(world)
+
+
+def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dict[str, Any]:
     started = time.perf_counter()
-    threads = set_threads(config.threads)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = set_threads(config.threads or max(1, available_cores() // local_processes))
+    seed_everything(config.seed)  # the same on every rank: identical initial weights
     run_dir = Path(config.out)
     if not config.resume and (run_dir / "checkpoints").is_dir():
         raise ConfigError(
@@ -103,7 +118,8 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         raise ConfigError(
             f"--seq-len {seq_len} exceeds the model's context length {model_config.context_length}"
         )
-    model = Transformer(model_config).to(device)
+    plain = Transformer(model_config).to(device)
+    model = wrap_model(plain, world, device)  # the optimizer must see the (possibly sharded) parameters
     optimizer = build_optimizer(
         model,
         lr=config.lr,
@@ -111,7 +127,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         betas=(config.beta1, config.beta2),
         device=device,
     )
-    loader = BatchLoader(train_shards, config.batch_size, seq_len, seed=config.seed)
+    loader = BatchLoader(
+        train_shards, config.batch_size, seq_len, seed=config.seed, rank=world.rank, world_size=world.size
+    )
     state = TrainState()
     if config.resume:
         checkpoint = find_resumable(run_dir)
@@ -121,8 +139,9 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         state = TrainState(**saved["train_state"])
         state.interrupted = False
         loader.load_state_dict(saved["data"])
-        print(f"resuming from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
-    else:
+        if world.is_main:
+            print(f"resuming from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
+    elif world.is_main:
         _write_run_files(run_dir, config, model_config, tokenizer)
 
     token_bytes = torch.from_numpy(tokenizer.token_byte_lengths().astype("int64"))
@@ -131,17 +150,25 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
     def run_eval(final: bool) -> dict[str, float]:
         limit = None if final or config.eval_batches == 0 else config.eval_batches
         batches = iter_eval_batches(val_shards, config.batch_size, seq_len, max_batches=limit)
-        return evaluate(model, batches, token_bytes, device=device, autocast_dtype=config.autocast_dtype)
+        # every rank runs it (FSDP needs all of them in each forward); they all see the same batches
+        return evaluate(
+            unwrap(model), batches, token_bytes, device=device, autocast_dtype=config.autocast_dtype
+        )
 
     def run_sample() -> str:
-        return sample_text(model, tokenizer, config.sample_prompt, device=device)
+        return sample_text(plain, tokenizer, config.sample_prompt, device=device)
 
-    n_params = model.num_parameters()
-    print(
-        f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, dim {model_config.dim}, "
-        f"context {model_config.context_length} | data: {len(train_shards):,} train tokens | "
-        f"device {device}, {threads} threads, {config.dtype}"
-    )
+    n_params = plain.num_parameters()
+    if world.is_main:
+        where = f"{world.size} processes ({world.mode}), " if world.distributed else ""
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, "
+            f"dim {model_config.dim}, context {model_config.context_length} | "
+            f"data: {len(train_shards):,} train tokens | "
+            f"{where}device {device}, {threads} threads, {config.dtype}"
+        )
+    # a sample needs the whole model in one process: rank 0 of a replicated (DDP) run, not a sharded one
+    can_sample = world.is_main and not (world.distributed and world.mode == "fsdp")
     state = train(
         model,
         optimizer,
@@ -152,10 +179,18 @@ def pretrain(config: PretrainConfig) -> dict[str, Any]:
         state=state,
         device=device,
         evaluate=run_eval,
-        sample=run_sample,
+        sample=run_sample if can_sample else None,
+        world=world,
     )
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
+    if world.distributed:  # gather the full weights (every rank takes part); rank 0 finishes alone
+        weights, _ = full_state(model, optimizer)
+        if not world.is_main:
+            return {"rank": world.rank}
+        plain = Transformer(model_config)
+        plain.load_state_dict(weights)
+    model = plain
     return _finish(
         run_dir,
         model,

@@ -1,0 +1,70 @@
+"""`forge pretrain` under torchrun: 2-process DDP and FSDP on CPU (gloo) follow the 1-process loss
+trajectory with the same global batch, and a 2-process checkpoint resumes in 1 process."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_cli import _write_corpus
+
+from forge.cli.main import main
+
+TOLERANCE = 1e-4  # absolute, on the train loss: reductions split across processes round differently
+# a constant learning rate, so a run stopped early and one that goes on share their schedule
+COMMON = ["--model.dim", "32", "--model.num-layers", "2", "--model.num-heads", "4",
+          "--model.num-kv-heads", "2",
+          "--model.context-length", "32", "--eval-every", "0", "--checkpoint-every", "4", "--log-every", "1",
+          "--warmup-steps", "0", "--min-lr-ratio", "1.0", "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("distributed")
+    docs, tok, out = root / "docs", root / "tok", root / "shards"
+    assert main(["data", "prepare", str(_write_corpus(root)), "--out", str(docs)]) == 0
+    assert main(["tokenizer", "train", str(docs), "--out", str(tok), "--vocab-size", "320"]) == 0
+    argv = ["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--num-workers", "1"]
+    assert main([*argv, "--val-fraction", "0.2"]) == 0
+    return out
+
+
+def _run(shards: Path, run: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
+    args = ["pretrain", "--data", str(shards), "--out", str(run), "--batch-size", str(batch),
+            "--max-steps", str(steps), *COMMON, *extra]  # fmt: skip
+    launcher = [sys.executable, "-m", "forge.cli.main"]
+    if processes > 1:
+        torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+        assert torchrun is not None
+        launcher = [torchrun, "--standalone", f"--nproc-per-node={processes}", "-m", "forge.cli.main"]
+    done = subprocess.run(launcher + args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+def test_ddp_and_fsdp_follow_the_single_process_run_and_resume_in_one_process(
+    shards: Path, tmp_path: Path
+) -> None:
+    single = tmp_path / "single"
+    _run(shards, single, 1, 8, 12)
+    expected = _losses(single)
+    assert len(expected) == 12 and expected[12] < expected[1]
+    for mode in ("ddp", "fsdp"):
+        run = tmp_path / mode
+        _run(shards, run, 2, 4, 8, "--parallel", mode)  # 2 × 4 rows = the single run's 8
+        losses = _losses(run)
+        assert sorted(losses) == list(range(1, 9)), mode
+        for step, loss in losses.items():
+            assert loss == pytest.approx(expected[step], abs=TOLERANCE), (mode, step)
+        assert (run / "model.safetensors").is_file() and (run / "summary.json").is_file()
+    # the FSDP run's step-8 checkpoint, continued by one process with the whole batch
+    _run(shards, tmp_path / "fsdp", 1, 8, 12, "--resume")
+    resumed = _losses(tmp_path / "fsdp")
+    for step in range(9, 13):
+        assert resumed[step] == pytest.approx(expected[step], abs=TOLERANCE), step
