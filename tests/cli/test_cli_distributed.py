@@ -17,7 +17,8 @@ TOLERANCE = 1e-4  # absolute, on the train loss: reductions split across process
 COMMON = ["--model.dim", "32", "--model.num-layers", "2", "--model.num-heads", "4",
           "--model.num-kv-heads", "2",
           "--model.context-length", "32", "--eval-every", "0", "--checkpoint-every", "4", "--log-every", "1",
-          "--warmup-steps", "0", "--min-lr-ratio", "1.0", "--no-progress", "--threads", "1"]  # fmt: skip
+          "--warmup-steps", "0", "--min-lr-ratio", "1.0", "--no-progress", "--peak-tflops", "1",
+          "--threads", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from forge.train.checkpoint import find_resumable
 
 PRETRAIN = ["--model.dim", "32", "--model.num-layers", "1", "--model.context-length", "32",
             "--batch-size", "4", "--max-steps", "150", "--eval-every", "0", "--checkpoint-every", "5",
-            "--keep-checkpoints", "2", "--threads", "1", "--no-progress", "--warmup-steps", "5"]  # fmt: skip
+            "--keep-checkpoints", "2", "--threads", "1", "--no-progress", "--peak-tflops", "1",
+            "--warmup-steps", "5"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

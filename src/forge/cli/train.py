@@ -1,4 +1,4 @@
-"""`forge pretrain`."""
+"""`forge pretrain` and `forge bench-peak`."""
 
 import argparse
 from typing import Any
@@ -29,9 +29,45 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(handler=_pretrain)
 
+    b = add_command(
+        commands,
+        "bench-peak",
+        help="measure this machine's matmul peak (FLOP/s), the yardstick of training MFU",
+        description="Time a large square matmul in each dtype on the device and threads given, and print "
+        "the best rate: what `forge pretrain` measures MFU against.",
+    )
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    b.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated (default: float32,bfloat16)")
+    b.add_argument("--size", type=int, default=0, help="matrix size (default: 2048 on CPU, 8192 on GPU)")
+    b.add_argument("--seconds", type=float, default=2.0, help="time spent per dtype (default: 2)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = the cores available)")
+    b.set_defaults(handler=_bench_peak)
+
 
 def _pretrain(args: argparse.Namespace) -> None:
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
     config = from_args(PretrainConfig, args, preset={"model": dict(PRESETS[args.preset])})
     pretrain(config)
+
+
+def _bench_peak(args: argparse.Namespace) -> None:
+    import torch
+
+    from forge.runtime import resolve_device, set_threads
+    from forge.train.loop import DTYPES
+    from forge.train.mfu import measure_peak_flops
+
+    threads = set_threads(args.threads)
+    device = resolve_device(args.device)
+    names = [n.strip() for n in args.dtypes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DTYPES]
+    if unknown or args.size < 0 or args.seconds <= 0:
+        raise ConfigError(
+            f"--dtypes takes {', '.join(DTYPES)}; --size >= 0 and --seconds > 0 (got {unknown})"
+        )
+    for name in names:
+        flops = measure_peak_flops(
+            DTYPES[name] or torch.float32, device, size=args.size, seconds=args.seconds
+        )
+        print(f"{name:>9} on {device} ({threads} threads): {flops / 1e9:,.1f} GFLOP/s")

@@ -90,6 +90,9 @@ class TrainConfig:
     """seed for initialisation and data order"""
     progress: bool = True
     """show a progress bar"""
+    peak_tflops: float = 0.0
+    """the peak (TFLOP/s, all processes together) that MFU is measured against; 0 = measure it at the
+    start with the matmul of `forge bench-peak` (about a second)"""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum", "max_steps", "log_every")
@@ -152,11 +155,14 @@ def train(
     sample: Callable[[], str] | None = None,
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
     world: World | None = None,
+    flops_per_token: float = 0.0,
+    peak_flops: float = 0.0,
 ) -> TrainState:
     """Train until `max_steps` or `max_minutes`; returns the final state (also on Ctrl-C).
 
     In a distributed run (`world`) every rank calls this with its own `next_batch`; `evaluate` runs on
-    every rank, and rank 0 alone logs, shows progress and writes checkpoints.
+    every rank, and rank 0 alone logs, shows progress and writes checkpoints. With `flops_per_token`
+    and `peak_flops` (all processes together) each log record carries the model FLOPs utilisation.
     """
     world = world or World()
     log: MetricsLog | _NoLog = (
@@ -246,17 +252,20 @@ def train(
                     train_loss = loss_sum.item() / max(window_steps, 1)  # the only host sync in the loop
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / (now - window_start)
-                    log.log(
-                        {
-                            "step": state.step,
-                            "tokens": state.tokens,
-                            "train_loss": train_loss,
-                            "lr": lr,
-                            "tokens_per_s": tokens_per_s,
-                            "elapsed_s": round(state.elapsed_s, 3),
-                        }
+                    record = {
+                        "step": state.step,
+                        "tokens": state.tokens,
+                        "train_loss": train_loss,
+                        "lr": lr,
+                        "tokens_per_s": tokens_per_s,
+                        "elapsed_s": round(state.elapsed_s, 3),
+                    }
+                    if flops_per_token and peak_flops:
+                        record["mfu"] = round(flops_per_token * tokens_per_s / peak_flops, 4)
+                    log.log(record)
+                    bar.set_postfix_str(
+                        _postfix(train_loss, tokens_per_s, state, config, record.get("mfu")), refresh=False
                     )
-                    bar.set_postfix_str(_postfix(train_loss, tokens_per_s, state, config), refresh=False)
                     if config.max_minutes:  # the budget, not max_steps, decides when this run ends: show that
                         left_s = max(0.0, 60 * config.max_minutes - state.elapsed_s)
                         bar.total = min(
@@ -334,8 +343,12 @@ def _log_eval(
         print(message)
 
 
-def _postfix(loss: float, tokens_per_s: float, state: TrainState, config: TrainConfig) -> str:
+def _postfix(
+    loss: float, tokens_per_s: float, state: TrainState, config: TrainConfig, mfu: float | None = None
+) -> str:
     text = f"loss {loss:.3f} | {tokens_per_s:,.0f} tok/s"
+    if mfu is not None:
+        text += f" | MFU {100 * mfu:.1f}%"
     if config.max_minutes:
         left = max(0.0, 60 * config.max_minutes - state.elapsed_s)
         text += f" | {left / 60:.1f} min left of budget"

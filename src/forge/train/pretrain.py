@@ -23,7 +23,7 @@ from forge.errors import CheckpointError, ConfigError, DataError
 from forge.infer.engine import generate_text
 from forge.infer.sampling import SamplingConfig
 from forge.io import write_json
-from forge.model.config import ModelConfig
+from forge.model.config import ModelConfig, flops_per_token
 from forge.model.io import save_model
 from forge.model.transformer import Transformer
 from forge.runtime import available_cores, resolve_device, seed_everything, set_threads
@@ -33,6 +33,7 @@ from forge.train.distributed import World, close_world, full_state, init_world, 
 from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
 from forge.train.loop import TrainConfig, TrainState, train
 from forge.train.metrics import plot_losses
+from forge.train.mfu import measure_peak_flops
 from forge.train.optim import build_optimizer
 
 
@@ -159,13 +160,17 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         return sample_text(plain, tokenizer, config.sample_prompt, device=device)
 
     n_params = plain.num_parameters()
+    per_token = flops_per_token(model_config, seq_len)
+    dtype = config.autocast_dtype or torch.float32
+    peak = config.peak_tflops * 1e12 or world.size * measure_peak_flops(dtype, device, seconds=0.5)
     if world.is_main:
         where = f"{world.size} processes ({world.mode}), " if world.distributed else ""
         print(
             f"model: {n_params / 1e6:.2f}M parameters, {model_config.num_layers} layers, "
             f"dim {model_config.dim}, context {model_config.context_length} | "
             f"data: {len(train_shards):,} train tokens | "
-            f"{where}device {device}, {threads} threads, {config.dtype}"
+            f"{where}device {device}, {threads} threads, {config.dtype} | "
+            f"peak {peak / 1e12:.2f} TFLOP/s (measured matmul), {per_token / 1e6:.1f} MFLOP per token"
         )
     # a sample needs the whole model in one process: rank 0 of a replicated (DDP) run, not a sharded one
     can_sample = world.is_main and not (world.distributed and world.mode == "fsdp")
@@ -181,6 +186,8 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         evaluate=run_eval,
         sample=run_sample if can_sample else None,
         world=world,
+        flops_per_token=per_token,
+        peak_flops=peak,
     )
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
@@ -203,6 +210,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         token_bytes,
         n_params,
         started,
+        per_token / peak,
     )
 
 
@@ -243,6 +251,7 @@ def _finish(
     token_bytes: torch.Tensor,
     n_params: int,
     started: float,
+    flops_over_peak: float,
 ) -> dict[str, Any]:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     final_eval = next(r for r in reversed(metrics) if "val_loss" in r)
@@ -262,6 +271,7 @@ def _finish(
         "train_minutes": round(state.elapsed_s / 60, 3),
         "wall_minutes": round((time.perf_counter() - started) / 60, 3),
         "tokens_per_s": round(state.tokens / max(state.elapsed_s, 1e-9), 1),
+        "mfu": round(flops_over_peak * state.tokens / max(state.elapsed_s, 1e-9), 4),
         "val_loss": final_eval["val_loss"],
         "val_bpb": final_eval["val_bpb"],
         "unigram_bpb": unigram,
