@@ -35,6 +35,7 @@ from forge.train.loop import TrainConfig, TrainState, train
 from forge.train.metrics import plot_losses
 from forge.train.mfu import measure_peak_flops
 from forge.train.optim import build_optimizer
+from forge.train.report import hardware, write_report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +211,10 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         token_bytes,
         n_params,
         started,
-        per_token / peak,
+        per_token,
+        peak,
+        threads,
+        world.size,
     )
 
 
@@ -251,7 +255,10 @@ def _finish(
     token_bytes: torch.Tensor,
     n_params: int,
     started: float,
-    flops_over_peak: float,
+    per_token: float,
+    peak: float,
+    threads: int,
+    processes: int,
 ) -> dict[str, Any]:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     final_eval = next(r for r in reversed(metrics) if "val_loss" in r)
@@ -271,16 +278,20 @@ def _finish(
         "train_minutes": round(state.elapsed_s / 60, 3),
         "wall_minutes": round((time.perf_counter() - started) / 60, 3),
         "tokens_per_s": round(state.tokens / max(state.elapsed_s, 1e-9), 1),
-        "mfu": round(flops_over_peak * state.tokens / max(state.elapsed_s, 1e-9), 4),
+        "mfu": round(per_token * state.tokens / max(state.elapsed_s, 1e-9) / peak, 4),
         "val_loss": final_eval["val_loss"],
         "val_bpb": final_eval["val_bpb"],
         "unigram_bpb": unigram,
         "val_tokens": final_eval.get("val_tokens"),
         "samples": samples,
+        "hardware": hardware(next(model.parameters()).device, threads, processes, peak),
     }
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps({"step": state.step, "unigram_bpb": unigram}) + "\n")
     write_json(run_dir / "summary.json", summary)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"pretraining · {run_dir.name}")
+    write_report(
+        run_dir, summary, {"model": to_dict(model.config), "train": to_dict(config)}, Path(config.data)
+    )
     print(f"val bits/byte {summary['val_bpb']:.4f} (unigram baseline {unigram:.4f}) → {run_dir}")
     return summary
