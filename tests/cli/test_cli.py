@@ -167,7 +167,9 @@ def test_pipeline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert summary["val_bpb"] < summary["unigram_bpb"]
     assert 0 < summary["mfu"] < 1 and summary["hardware"]["peak_tflops_measured"] > 0
     report = (run / "report.md").read_text()
-    assert f"| final validation loss | {summary['val_loss']:.4f} |" in report and "![loss](loss.png)" in report
+    assert (
+        f"| final validation loss | {summary['val_loss']:.4f} |" in report and "![loss](loss.png)" in report
+    )
     assert "meta.json` sha256" in report and '"model":' in report
     capsys.readouterr()
     assert main(["generate", str(run), "def count", "--max-new-tokens", "12", "--temperature", "0"]) == 0

@@ -111,3 +111,23 @@ def test_half_written_checkpoint_is_ignored(tmp_path: Path) -> None:
     _run(tmp_path, 2, TrainState(), *_setup(), every=2)
     (tmp_path / "checkpoints" / "step-0000009").mkdir()  # no manifest: a crash mid-write
     assert find_resumable(tmp_path).name == "step-0000002"
+
+
+def test_keep_best_keeps_the_lowest_validation_loss_checkpoint(tmp_path: Path) -> None:
+    model, opt, loader = _setup()
+    losses = iter([3.0, 1.0, 2.0, 2.5, 9.9])  # at steps 2, 4, 6, 8, then the final evaluation
+
+    def scripted_eval(final: bool) -> dict[str, float]:
+        return {"loss": next(losses), "bpb": 1.0}
+
+    config = TrainConfig(max_steps=9, eval_every=2, checkpoint_every=3, keep_checkpoints=1, keep_best=True,
+                         log_every=1, progress=False)  # fmt: skip
+    data = {"next_batch": loader.next_batch, "data_state": loader.state_dict}
+    state = train(
+        model, opt, config, run_dir=tmp_path, state=TrainState(), device=CPU, evaluate=scripted_eval, **data
+    )
+    assert (state.best_step, state.best_val_loss) == (4, 1.0)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000009"]  # best + newest
+    assert (tmp_path / "checkpoints" / "best").read_text().strip() == "step-0000004"
+    saved = json.loads((tmp_path / "checkpoints" / "step-0000009" / "state.json").read_text())
+    assert saved["train_state"]["best_step"] == 4  # a resumed run goes on protecting it

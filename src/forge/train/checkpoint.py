@@ -92,8 +92,10 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int = 3,
     world: World | None = None,
+    protect: tuple[int, ...] = (),
 ) -> Path:
-    """Write `checkpoints/step-N/` atomically, point `latest` at it, prune to the newest `keep_last`.
+    """Write `checkpoints/step-N/` atomically, point `latest` at it, prune to the newest `keep_last`
+    (the checkpoints of the steps in `protect` are never pruned).
 
     In a distributed run every rank must call this (the states are gathered); rank 0 writes.
     """
@@ -105,8 +107,10 @@ def save_checkpoint(
         _write_checkpoint(final, step, unwrap(model), model_state, optim_state, state)
     barrier(world)
     if keep_last > 0 and world.is_main:
+        kept = {f"step-{s:07d}" for s in protect}
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in kept:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
 

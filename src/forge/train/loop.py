@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from forge.errors import ConfigError
+from forge.io import write_text
 from forge.train.checkpoint import save_checkpoint
 from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
@@ -80,6 +81,9 @@ class TrainConfig:
     """save a resumable checkpoint every N steps (0 = only at the end)"""
     keep_checkpoints: int = 2
     """keep only the newest N checkpoints (0 = keep all)"""
+    keep_best: bool = False
+    """also keep the checkpoint with the lowest validation loss: an evaluation that improves on it saves
+    one at once, `checkpoints/best` names it, and pruning never removes it"""
     dtype: str = "float32"
     """compute dtype under autocast: float32, bfloat16 or float16 (weights and optimizer stay float32)"""
     device: str = "auto"
@@ -124,6 +128,8 @@ class TrainState:
     tokens: int = 0
     elapsed_s: float = 0.0
     interrupted: bool = False
+    best_val_loss: float | None = None
+    best_step: int | None = None
 
     def progress(self, config: TrainConfig) -> float:
         by_steps = self.step / config.max_steps
@@ -195,6 +201,7 @@ def train(
             state=payload,
             keep_last=config.keep_checkpoints,
             world=world,
+            protect=(state.best_step,) if state.best_step is not None else (),
         )
 
     def out_of_time() -> bool:
@@ -208,7 +215,15 @@ def train(
             while state.step < config.max_steps and not out_of_time():
                 step_start = time.perf_counter()
                 if state.step > 0 and _due(state.step, config.eval_every) and evaluate is not None:
-                    _log_eval(log, bar, state, evaluate(False), final=False, show=world.is_main)
+                    result = evaluate(False)
+                    _log_eval(log, bar, state, result, final=False, show=world.is_main)
+                    if config.keep_best and (
+                        state.best_val_loss is None or result["loss"] < state.best_val_loss
+                    ):
+                        state.best_val_loss, state.best_step = result["loss"], state.step
+                        checkpoint()
+                        if world.is_main:
+                            write_text(Path(run_dir) / "checkpoints" / "best", f"step-{state.step:07d}\n")
                 if state.step > 0 and _due(state.step, config.sample_every) and sample is not None:
                     bar.write(f"--- sample at step {state.step} ---\n{sample()}\n---")
                 lr = config.lr * lr_multiplier(
