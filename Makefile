@@ -44,6 +44,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

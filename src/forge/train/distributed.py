@@ -90,8 +90,12 @@ def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Modul
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The transformer inside a DDP wrapper (FSDP2 shards in place and needs no unwrapping)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    """The transformer inside `torch.compile` and DDP wrappers (FSDP2 shards in place, no wrapper)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 @contextlib.contextmanager

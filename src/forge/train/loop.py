@@ -94,6 +94,9 @@ class TrainConfig:
     """seed for initialisation and data order"""
     progress: bool = True
     """show a progress bar"""
+    compile: bool = False
+    """compile the model with torch.compile (a minute or two of compiling first, then faster steps;
+    needs a C++ compiler on CPU)"""
     peak_tflops: float = 0.0
     """the peak (TFLOP/s, all processes together) that MFU is measured against; 0 = measure it at the
     start with the matmul of `forge bench-peak` (about a second)"""

@@ -122,6 +122,8 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         )
     plain = Transformer(model_config).to(device)
     model = wrap_model(plain, world, device)  # the optimizer must see the (possibly sharded) parameters
+    if config.compile:
+        model = torch.compile(model)  # type: ignore[assignment]  # evaluation and samples use `plain`
     optimizer = build_optimizer(
         model,
         lr=config.lr,
