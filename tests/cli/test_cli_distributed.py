@@ -8,9 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cli import _write_corpus
-
-from forge.cli.main import main
 
 TOLERANCE = 1e-4  # absolute, on the train loss: reductions split across processes round differently
 # a constant learning rate, so a run stopped early and one that goes on share their schedule
@@ -19,17 +16,6 @@ COMMON = ["--model.dim", "32", "--model.num-layers", "2", "--model.num-heads", "
           "--model.context-length", "32", "--eval-every", "0", "--checkpoint-every", "4", "--log-every", "1",
           "--warmup-steps", "0", "--min-lr-ratio", "1.0", "--no-progress", "--peak-tflops", "1",
           "--threads", "1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("distributed")
-    docs, tok, out = root / "docs", root / "tok", root / "shards"
-    assert main(["data", "prepare", str(_write_corpus(root)), "--out", str(docs)]) == 0
-    assert main(["tokenizer", "train", str(docs), "--out", str(tok), "--vocab-size", "320"]) == 0
-    argv = ["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--num-workers", "1"]
-    assert main([*argv, "--val-fraction", "0.2"]) == 0
-    return out
 
 
 def _run(shards: Path, run: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
@@ -50,22 +36,22 @@ def _losses(run: Path) -> dict[int, float]:
 
 
 def test_ddp_and_fsdp_follow_the_single_process_run_and_resume_in_one_process(
-    shards: Path, tmp_path: Path
+    tiny_shards: Path, tmp_path: Path
 ) -> None:
     single = tmp_path / "single"
-    _run(shards, single, 1, 8, 12)
+    _run(tiny_shards, single, 1, 8, 12)
     expected = _losses(single)
     assert len(expected) == 12 and expected[12] < expected[1]
     for mode in ("ddp", "fsdp"):
         run = tmp_path / mode
-        _run(shards, run, 2, 4, 8, "--parallel", mode)  # 2 × 4 rows = the single run's 8
+        _run(tiny_shards, run, 2, 4, 8, "--parallel", mode)  # 2 × 4 rows = the single run's 8
         losses = _losses(run)
         assert sorted(losses) == list(range(1, 9)), mode
         for step, loss in losses.items():
             assert loss == pytest.approx(expected[step], abs=TOLERANCE), (mode, step)
         assert (run / "model.safetensors").is_file() and (run / "summary.json").is_file()
     # the FSDP run's step-8 checkpoint, continued by one process with the whole batch
-    _run(shards, tmp_path / "fsdp", 1, 8, 12, "--resume")
+    _run(tiny_shards, tmp_path / "fsdp", 1, 8, 12, "--resume")
     resumed = _losses(tmp_path / "fsdp")
     for step in range(9, 13):
         assert resumed[step] == pytest.approx(expected[step], abs=TOLERANCE), step

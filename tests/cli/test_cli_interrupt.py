@@ -8,28 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
-from test_cli import _write_corpus
 
-from forge.cli.main import main
 from forge.train.checkpoint import find_resumable
 
 PRETRAIN = ["--model.dim", "32", "--model.num-layers", "1", "--model.context-length", "32",
             "--batch-size", "4", "--max-steps", "150", "--eval-every", "0", "--checkpoint-every", "5",
             "--keep-checkpoints", "2", "--threads", "1", "--no-progress", "--peak-tflops", "1",
             "--warmup-steps", "5"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("interrupt")
-    docs, tok, out = root / "docs", root / "tok", root / "shards"
-    assert main(["data", "prepare", str(_write_corpus(root)), "--out", str(docs)]) == 0
-    assert main(["tokenizer", "train", str(docs), "--out", str(tok), "--vocab-size", "320"]) == 0
-    argv = ["data", "tokenize", str(docs), "--tokenizer", str(tok), "--out", str(out), "--num-workers", "1"]
-    assert main([*argv, "--val-fraction", "0.2"]) == 0
-    return out
 
 
 def _pretrain(shards: Path, run: Path, *, resume: bool = False) -> subprocess.Popen:
@@ -58,9 +44,9 @@ def _wait_for_checkpoint(run: Path, process: subprocess.Popen, timeout: float = 
     return True
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards: Path, tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    process = _pretrain(shards, run)
+    process = _pretrain(tiny_shards, run)
     assert _wait_for_checkpoint(run, process)
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
@@ -73,12 +59,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(shards: Path, tmp_path: Pa
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(
-    shards: Path, tmp_path: Path
+    tiny_shards: Path, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference"
-    assert _pretrain(shards, reference).wait(timeout=300) == 0
+    assert _pretrain(tiny_shards, reference).wait(timeout=300) == 0
     run, rng, kills = tmp_path / "killed", random.Random(0), 0
-    process = _pretrain(shards, run)
+    process = _pretrain(tiny_shards, run)
     while kills < 5 and _wait_for_checkpoint(run, process):
         time.sleep(rng.uniform(0.0, 0.5))  # anywhere: mid-step, mid-checkpoint, mid-log line
         if process.poll() is not None:
@@ -86,7 +72,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_weights(
         process.kill()
         process.wait()
         kills += 1
-        process = _pretrain(shards, run, resume=True)
+        process = _pretrain(tiny_shards, run, resume=True)
     output = process.communicate(timeout=300)[0].decode()
     assert process.returncode == 0, output
     assert kills >= 3  # the run was really interrupted, several times
