@@ -182,3 +182,20 @@ def test_overfits_one_batch() -> None:
         losses.append(loss.item())
     assert losses[0] > 3.5  # about ln(64) at init
     assert losses[-1] < 0.1
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    config = ModelConfig(vocab_size=64, context_length=16, dim=32, num_layers=3, num_heads=4, num_kv_heads=2)
+    model = Transformer(config).train()
+    tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for recompute in (False, True):
+        model.activation_checkpointing = recompute
+        model.zero_grad()
+        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_plain, grads_plain), (loss_recomputed, grads_recomputed) = grads
+    assert torch.equal(loss_plain, loss_recomputed)
+    for a, b in zip(grads_plain, grads_recomputed, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -8,12 +8,16 @@ Design choices:
 - rotary cos/sin tables are non-persistent buffers (recomputed, never saved), indexed by `positions`;
 - with a KV cache, the mask `slot <= position` is built once per forward and shared by all layers;
 - GPT-2 style init: normal(0, init_std), residual output projections scaled by 1/√(2 · num_layers);
-- logits come back in float32 whatever the compute dtype, for a stable softmax / cross-entropy.
+- logits come back in float32 whatever the compute dtype, for a stable softmax / cross-entropy;
+- `activation_checkpointing` (a training switch, not part of the config): each block's activations are
+  recomputed in the backward pass instead of kept, trading about a third more compute for memory that
+  no longer grows with the number of layers.
 """
 
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from forge.model.config import ModelConfig
@@ -46,6 +50,7 @@ class Transformer(nn.Module):
         cos, sin = precompute_rope(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (context_length, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.activation_checkpointing = False
         self.init_weights()
 
     @torch.no_grad()
@@ -80,8 +85,14 @@ class Transformer(nn.Module):
             attn_mask = slots[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, context_length)
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        recompute = (
+            self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        )
         for layer, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache=cache, layer=layer, positions=positions, attn_mask=attn_mask)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, cache=cache, layer=layer, positions=positions, attn_mask=attn_mask)
         x = self.model.norm(x)
         return self.lm_head(x).float()  # (B, T, V)
 

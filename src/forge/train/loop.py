@@ -94,6 +94,9 @@ class TrainConfig:
     """seed for initialisation and data order"""
     progress: bool = True
     """show a progress bar"""
+    activation_checkpointing: bool = False
+    """recompute each block's activations in the backward pass instead of storing them: about a third
+    more compute, much less memory (for long sequences or big batches)"""
     compile: bool = False
     """compile the model with torch.compile (a minute or two of compiling first, then faster steps;
     needs a C++ compiler on CPU)"""

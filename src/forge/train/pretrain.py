@@ -120,7 +120,11 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         raise ConfigError(
             f"--seq-len {seq_len} exceeds the model's context length {model_config.context_length}"
         )
+    if device.type == "cuda":  # TF32 matmuls and convolutions: float32 training at tensor-core speed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     plain = Transformer(model_config).to(device)
+    plain.activation_checkpointing = config.activation_checkpointing
     model = wrap_model(plain, world, device)  # the optimizer must see the (possibly sharded) parameters
     if config.compile:
         model = torch.compile(model)  # type: ignore[assignment]  # evaluation and samples use `plain`
