@@ -156,3 +156,18 @@ def test_errors_name_the_fix(tmp_path: Path) -> None:
         TokenShards(tmp_path, "train")
     with pytest.raises(ConfigError, match="--val-fraction"):
         TokenizeConfig(val_fraction=1.0)
+
+
+def test_prefetching_gives_the_same_batches_and_resumes_at_what_was_handed_out(tmp_path: Path) -> None:
+    from forge.data.shards import PrefetchLoader
+
+    shards = _shards(tmp_path, 1000)
+    plain = BatchLoader(shards, batch_size=4, seq_len=16, seed=3)
+    expected = [plain.next_batch()[0] for _ in range(6)]
+    prefetch = PrefetchLoader(BatchLoader(shards, batch_size=4, seq_len=16, seed=3), depth=3)
+    got = [prefetch.next_batch()[0] for _ in range(2)]
+    assert prefetch.state_dict() == {"position": 2}  # not the batches prepared ahead
+    prefetch.load_state_dict({"position": 4})
+    got += [prefetch.next_batch()[0] for _ in range(2)]
+    prefetch.close()
+    assert all(torch.equal(a, b) for a, b in zip(got, expected[:2] + expected[4:6], strict=True))

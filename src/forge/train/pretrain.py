@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from forge.config import to_dict
-from forge.data.shards import BatchLoader, TokenShards, iter_eval_batches
+from forge.data.shards import BatchLoader, PrefetchLoader, TokenShards, iter_eval_batches
 from forge.errors import CheckpointError, ConfigError, DataError
 from forge.infer.engine import generate_text
 from forge.infer.sampling import SamplingConfig
@@ -135,9 +135,12 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         betas=(config.beta1, config.beta2),
         device=device,
     )
-    loader = BatchLoader(
+    batches = BatchLoader(
         train_shards, config.batch_size, seq_len, seed=config.seed, rank=world.rank, world_size=world.size
     )
+    loader = PrefetchLoader(
+        batches, pin_memory=device.type == "cuda"
+    )  # the next batches, assembled meanwhile
     state = TrainState()
     if config.resume:
         checkpoint = find_resumable(run_dir)
@@ -196,6 +199,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
         flops_per_token=per_token,
         peak_flops=peak,
     )
+    loader.close()
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
     if world.distributed:  # gather the full weights (every rank takes part); rank 0 finishes alone
