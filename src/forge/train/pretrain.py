@@ -172,7 +172,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
     n_params = plain.num_parameters()
     per_token = flops_per_token(model_config, seq_len)
     dtype = config.autocast_dtype or torch.float32
-    peak = config.peak_tflops * 1e12 or world.size * measure_peak_flops(dtype, device, seconds=0.5)
+    peak = config.peak_tflops * 1e12 or world.size * measure_peak_flops(dtype, device, seconds=1.0)
     if world.is_main:
         where = f"{world.size} processes ({world.mode}), " if world.distributed else ""
         print(
