@@ -84,6 +84,19 @@ class Row:
         self.completion.text += piece
         return piece
 
+    def accept(self, token_id: int, eos_ids: Collection[int], *, can_continue: bool) -> tuple[bool, str]:
+        """Take the sampled token. End-of-sequence (with `stop_on_eos`) finishes with "stop"; any other
+        token is recorded, and the sample finishes with "length" at `max_new_tokens` or when it
+        cannot continue (the context is full). Returns whether the token was kept and the text emitted."""
+        if token_id in eos_ids and self.config.stop_on_eos:
+            return False, self.finish("stop")
+        text = self.add(token_id)
+        if not self.done and (
+            len(self.completion.token_ids) >= self.config.max_new_tokens or not can_continue
+        ):
+            text += self.finish("length")
+        return True, text
+
     def finish(self, reason: FinishReason) -> str:
         """End the sample with `reason`; return the text held back until now (a partial character or
         a possible stop string that did not complete)."""
@@ -97,6 +110,13 @@ class Row:
                 self.completion.finish_reason, self.completion.stop_string = "stop", self.stops.matched
         self.completion.text += tail
         return tail
+
+
+def forbid_early_eos(logits: torch.Tensor, rows: Sequence[Row], eos_ids: Sequence[int]) -> None:
+    """Set the end-of-sequence logits of rows that have not reached `min_new_tokens` to -inf, in place."""
+    for i, row in enumerate(rows):
+        if eos_ids and len(row.completion.token_ids) < row.config.min_new_tokens:
+            logits[i, list(eos_ids)] = float("-inf")
 
 
 def pick_tokens(
@@ -170,28 +190,17 @@ def generate_batch(
     stats = TokenStats(len(rows), vocab, device)
     for i, row in enumerate(rows):
         stats.start(i, prompts[row.completion.request])
-    eos_index = torch.tensor(eos, dtype=torch.long, device=device)
 
     penalised = any(c.repetition_penalty != 1.0 or c.presence_penalty or c.frequency_penalty for c in configs)
     every_row = torch.arange(len(rows), device=device)
     fed = positions.tolist()  # the same positions, on the host
 
     while True:
-        for i, row in enumerate(rows):  # end-of-sequence is not allowed before min_new_tokens
-            if eos and len(row.completion.token_ids) < row.config.min_new_tokens:
-                logits[i, eos_index] = float("-inf")
+        forbid_early_eos(logits, rows, eos)
         picked = pick_tokens(logits, rows, stats, every_row)
         for i, (row, token_id) in enumerate(zip(rows, picked, strict=True)):
-            if row.done:
-                continue
-            if token_id in eos and row.config.stop_on_eos:
-                row.finish("stop")
-                continue
-            row.add(token_id)
-            if row.done:  # a stop string
-                continue
-            if len(row.completion.token_ids) >= row.config.max_new_tokens or fed[i] >= context:
-                row.finish("length")
+            if not row.done:
+                row.accept(token_id, eos, can_continue=fed[i] < context)
         if all(row.done for row in rows):
             return [row.completion for row in rows]
         tokens = torch.tensor(picked, dtype=torch.long, device=device)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from forge.infer.batch import Completion, Row, pick_tokens
+from forge.infer.batch import Completion, Row, forbid_early_eos, pick_tokens
 from forge.infer.engine import DecodeFn, FinishReason, decode_one_token, model_device, prefill
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, TokenStats
@@ -291,13 +291,9 @@ class Scheduler:
         """Sample the next token of each slot from its logits (len(slot_indices), V), emit events."""
         slots = [self.slots[i] for i in slot_indices]
         assert all(slot is not None for slot in slots)
-        eos = list(self.eos_ids)
-        for k, slot in enumerate(slots):  # end-of-sequence is not allowed before min_new_tokens
-            assert slot is not None
-            if eos and len(slot.row.completion.token_ids) < slot.row.config.min_new_tokens:
-                logits[k, eos] = float("-inf")
-        index = torch.tensor(slot_indices, device=self.device)
         rows = [slot.row for slot in slots if slot is not None]
+        forbid_early_eos(logits, rows, self.eos_ids)
+        index = torch.tensor(slot_indices, device=self.device)
         picked = pick_tokens(logits, rows, self.stats, index)
         logprobs = self._logprobs(logits, slots, picked)
         now = time.perf_counter()
@@ -307,22 +303,15 @@ class Scheduler:
             if request.first_token is None:
                 request.first_token = now
                 self.metrics.observe_ttft(now - request.submitted)
-            if token_id in self.eos_ids and row.config.stop_on_eos:
-                event = Event(row.completion.sample, row.finish("stop"), [])
-            else:
+            # the token is fed at slot.position by the next step: none when the context is full
+            kept, text = row.accept(token_id, self.eos_ids, can_continue=slot.position < self.context)
+            event = Event(row.completion.sample, text, [])
+            if kept:
                 self.metrics.tokens_generated += 1
-                text = row.add(token_id)
                 self.stats.add(slot_index, token_id)
-                event = Event(
-                    row.completion.sample, text, [token_id], logprobs[k : k + 1] if logprobs else []
-                )
-                if not row.done and (
-                    len(row.completion.token_ids) >= row.config.max_new_tokens
-                    or slot.position >= self.context  # no room left to feed this token
-                ):
-                    event.text += row.finish("length")
+                event.token_ids, event.logprobs = [token_id], logprobs[k : k + 1] if logprobs else []
             event.finish_reason = row.completion.finish_reason
-            slot.token = token_id  # fed at slot.position by the next step
+            slot.token = token_id
             request.on_event(event)
             if row.done:
                 self.slots[slot_index] = None
