@@ -1,9 +1,17 @@
 """Helpers shared by the subcommand modules."""
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from forge.config import add_options
+
+if TYPE_CHECKING:
+    from forge.model.transformer import Transformer
+    from forge.tokenizer.bpe import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def add_command(
@@ -37,3 +45,18 @@ def add_docs_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DOCS_DIR",
         help="documents directory written by `forge data prepare` (default: data/docs)",
     )
+
+
+def load_run(
+    run: str, *, device: str = "auto", threads: int = 0, dtype: str = "float32"
+) -> tuple["Transformer", "Tokenizer", torch.device]:
+    """Set the threads, then load a run directory's model (in eval mode, on `device`, in `dtype`) and
+    tokenizer; returns them with the device used."""
+    from forge.model.io import load_model
+    from forge.runtime import resolve_device, set_threads
+    from forge.tokenizer.bpe import Tokenizer
+
+    set_threads(threads)
+    where = resolve_device(device)
+    model = load_model(run, device=str(where), dtype=DTYPES[dtype]).eval()
+    return model, Tokenizer.load(f"{run}/tokenizer"), where

@@ -6,11 +6,9 @@ from typing import Any
 
 import torch
 
+from forge.cli.common import load_run
 from forge.data.shards import TokenShards, iter_eval_batches
 from forge.io import write_json
-from forge.model.io import load_model
-from forge.runtime import resolve_device, set_threads
-from forge.tokenizer.bpe import Tokenizer
 from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
 
 
@@ -40,10 +38,7 @@ def register(commands: Any) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = load_model(args.run, device=str(device))
-    tokenizer = Tokenizer.load(f"{args.run}/tokenizer")
+    model, tokenizer, device = load_run(args.run, device=args.device, threads=args.threads)
     shards = TokenShards(args.data, args.split)
     seq_len = model.config.context_length
     limit = args.max_batches or None

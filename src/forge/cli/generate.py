@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from forge.cli.common import add_command
+from forge.cli.common import DTYPES, add_command, load_run
 from forge.config import from_args
 from forge.infer.batch import generate_batch
 from forge.infer.beam import beam_search
@@ -22,12 +22,8 @@ from forge.infer.explain import (
 )
 from forge.infer.sampling import SamplingConfig
 from forge.io import write_json
-from forge.model.io import load_model
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, set_threads
 from forge.tokenizer.bpe import Tokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register(commands: Any) -> None:
@@ -107,11 +103,8 @@ def register(commands: Any) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     config = from_args(SamplingConfig, args)
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = load_model(args.run, device=str(device), dtype=DTYPES[args.dtype])
+    model, tokenizer, device = load_run(args.run, device=args.device, threads=args.threads, dtype=args.dtype)
     decode_fn = compile_decode(model) if args.compile else None
-    tokenizer = Tokenizer.load(f"{args.run}/tokenizer")
     layer = model.config.num_layers - 1 if args.attention_layer is None else args.attention_layer
     if args.attention:
         check_attention_target(model.config, layer, args.attention_head)  # before generating, not after

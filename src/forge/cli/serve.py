@@ -6,14 +6,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from forge.cli.common import add_command
-from forge.cli.generate import DTYPES
+from forge.cli.common import DTYPES, add_command, load_run
 from forge.errors import ConfigError
 from forge.infer.engine import compile_decode, generate_chat
 from forge.infer.sampling import SamplingConfig
-from forge.model.io import load_model
-from forge.runtime import resolve_device, set_threads
-from forge.tokenizer.bpe import Tokenizer
 
 CHAT_HELP = """commands:
   /reset          start a new conversation (the system message is kept)
@@ -88,13 +84,6 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = the cores available)")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Tokenizer]:
-    set_threads(args.threads)
-    device = resolve_device(args.device)
-    model = load_model(args.run, device=str(device), dtype=DTYPES[args.dtype]).eval()
-    return model, Tokenizer.load(f"{args.run}/tokenizer")
-
-
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -103,7 +92,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_bytes < 1:
         raise ConfigError("--max-batch and --max-body-bytes must be positive and --max-queue at least 0")
-    model, tokenizer = _load(args)
+    model, tokenizer, _ = load_run(args.run, device=args.device, threads=args.threads, dtype=args.dtype)
     decode_fn = compile_decode(model) if args.compile else None
     eos_ids = (tokenizer.eos_id, tokenizer.end_of_turn_id)
     scheduler = Scheduler(
@@ -128,7 +117,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _chat(args: argparse.Namespace) -> None:
-    model, tokenizer = _load(args)
+    model, tokenizer, _ = load_run(args.run, device=args.device, threads=args.threads, dtype=args.dtype)
     settings: dict[str, Any] = {
         "temperature": args.temperature,
         "top_p": args.top_p,
