@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forge.data.shards import TokenShards
+from forge.train.precision import autocast
 
 
 @torch.no_grad()
@@ -34,9 +35,7 @@ def evaluate(
     total_tokens = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
+        with autocast(device, autocast_dtype):
             logits = model(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")  # (B*T,)
         nbytes = token_bytes[y.flatten()]

@@ -33,6 +33,7 @@ from forge.train.checkpoint import save_checkpoint
 from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
 from forge.train.optim import lr_multiplier, set_lr
+from forge.train.precision import autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -244,11 +245,7 @@ def train(
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     # gradients cross ranks once per step, on the last micro-batch
                     with gradient_sync(model, world, enabled=micro == config.grad_accum - 1):
-                        with torch.autocast(
-                            device.type,
-                            dtype=config.autocast_dtype or torch.float32,
-                            enabled=config.autocast_dtype is not None,
-                        ):
+                        with autocast(device, config.autocast_dtype):
                             loss = loss_fn(model, x, y) / config.grad_accum
                         loss.backward()
                     loss_sum += loss.detach()

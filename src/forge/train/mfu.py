@@ -4,12 +4,16 @@ Design choices:
 - the peak is the best rate of a large square matmul in the training dtype on the training device and
   threads (`measure_peak_flops`, also `forge bench-peak`), so MFU is honest on a laptop CPU, a server
   CPU or a GPU alike: 100% would mean every training FLOP ran at the speed of the best-case matmul;
+- bf16 on a CPU without bf16 instructions is measured the way forge's training computes it there
+  (`forge.train.precision`: bf16 operands multiplied in float32), since that is the rate training can reach;
 - the model's FLOPs per token are the PaLM / nanoGPT count (`forge.model.config.flops_per_token`).
 """
 
 import time
 
 import torch
+
+from forge.train.precision import bf16_linear_float_compute, cpu_has_native_bf16
 
 
 def measure_peak_flops(
@@ -22,10 +26,10 @@ def measure_peak_flops(
     """FLOP/s of the best of repeated `size` x `size` matmuls (2·size³ FLOPs each) for about `seconds`.
 
     `size` 0 grows the matrices from 256 while one product takes under 50 ms, up to 2048 on CPU and 8192
-    on GPU: big enough to reach the peak, and never a minute-long probe where a dtype is emulated (bf16
-    on a CPU without bf16 instructions runs about 170x slower than fp32, measured on an AVX2 machine).
+    on GPU: big enough to reach the peak, and never a minute-long probe where a dtype is emulated.
     """
     device = torch.device(device)
+    float_compute = dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -39,7 +43,10 @@ def measure_peak_flops(
 
     def once(a: torch.Tensor, b: torch.Tensor) -> float:
         start = time.perf_counter()
-        torch.mm(a, b)
+        if float_compute:
+            bf16_linear_float_compute(a, b)  # a bᵀ: the same FLOPs as a b
+        else:
+            torch.mm(a, b)
         sync()
         return time.perf_counter() - start
 
