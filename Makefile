@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/data.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

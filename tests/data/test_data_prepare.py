@@ -4,17 +4,27 @@ import gzip
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from forge.data.dedup import NearDedupConfig
 from forge.data.prepare import PrepareConfig, prepare
+from forge.data.quality import QualityConfig
 from forge.data.sources import iter_inputs, iter_stdlib
 from forge.errors import ConfigError, DataError
 
 CODE = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
 PROSE = "The quick brown fox jumps over the lazy dog, again and again.\n"
+
+
+def _config(**options: Any) -> PrepareConfig:
+    """The reading and cleaning steps alone: these tiny documents would fail the quality rules, and
+    near-duplicate removal has its own tests."""
+    defaults = {"quality": QualityConfig(enabled=False), "minhash": NearDedupConfig(enabled=False)}
+    return PrepareConfig(**{**defaults, **options})
 
 
 def _corpus(root: Path) -> Path:
@@ -42,7 +52,7 @@ def _read(out: Path) -> list[dict]:
 
 def test_prepare_a_folder(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
-    manifest = prepare(PrepareConfig(inputs=(str(src),), out=str(tmp_path / "docs"), progress=False))
+    manifest = prepare(_config(inputs=(str(src),), out=str(tmp_path / "docs"), progress=False))
     rows = _read(tmp_path / "docs")
     assert [r["id"] for r in rows] == ["src/README.md", "src/pkg/a.py", "src/tests/test_a.py"]
     assert {r["id"]: r["domain"] for r in rows}["src/README.md"] == "docs"
@@ -63,7 +73,7 @@ def test_prepare_a_folder(tmp_path: Path) -> None:
 
 def test_include_and_exclude_globs(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
-    config = PrepareConfig(
+    config = _config(
         inputs=(str(src),),
         out=str(tmp_path / "docs"),
         include=("*.py",),
@@ -90,7 +100,7 @@ def test_jsonl_and_parquet_with_bad_lines_reported(tmp_path: Path, capsys: pytes
     pq.write_table(pa.table({"content": [PROSE + "four", None], "id": ["p1", "p2"]}), parquet)
     out = tmp_path / "docs"
     prepare(
-        PrepareConfig(
+        _config(
             inputs=(str(jsonl), str(gz), str(parquet)), out=str(out), text_field="content", progress=False
         )
     )
@@ -117,28 +127,26 @@ def test_standard_library_is_the_default() -> None:
 
 def test_bad_inputs_and_outputs(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does-not-exist.*does not exist"):
-        prepare(
-            PrepareConfig(inputs=(str(tmp_path / "does-not-exist"),), out=str(tmp_path / "d"), progress=False)
-        )
+        prepare(_config(inputs=(str(tmp_path / "does-not-exist"),), out=str(tmp_path / "d"), progress=False))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no document was kept"):
-        prepare(PrepareConfig(inputs=(str(tmp_path / "empty"),), out=str(tmp_path / "d"), progress=False))
+        prepare(_config(inputs=(str(tmp_path / "empty"),), out=str(tmp_path / "d"), progress=False))
     assert not (tmp_path / "d").exists()  # nothing half-written
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("do not delete")
     with pytest.raises(ConfigError, match="not a documents directory"):
-        prepare(PrepareConfig(inputs=(str(_corpus(tmp_path)),), out=str(precious), progress=False))
+        prepare(_config(inputs=(str(_corpus(tmp_path)),), out=str(precious), progress=False))
     assert (precious / "notes.txt").read_text() == "do not delete"
     with pytest.raises(ConfigError, match="--max-chars"):
-        PrepareConfig(min_chars=10, max_chars=5)
+        _config(min_chars=10, max_chars=5)
 
 
 def test_rerun_replaces_the_output_whole(tmp_path: Path) -> None:
     src = _corpus(tmp_path)
     out = tmp_path / "docs"
-    prepare(PrepareConfig(inputs=(str(src),), out=str(out), progress=False))
-    prepare(PrepareConfig(inputs=(str(src),), out=str(out), include=("*.md",), progress=False))
+    prepare(_config(inputs=(str(src),), out=str(out), progress=False))
+    prepare(_config(inputs=(str(src),), out=str(out), include=("*.md",), progress=False))
     assert [r["id"] for r in _read(out)] == ["src/README.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs", "src"]  # no temporary directories left
 
@@ -148,7 +156,8 @@ def test_shards_roll_over(tmp_path: Path) -> None:
     src.mkdir()
     for i in range(30):
         (src / f"f{i:02d}.txt").write_text(f"document {i} " + "x" * 50_000)
-    prepare(PrepareConfig(inputs=(str(src),), out=str(tmp_path / "docs"), shard_megabytes=1, progress=False))
+    out = tmp_path / "docs"
+    prepare(_config(inputs=(str(src),), out=str(out), shard_megabytes=1, workers=1, progress=False))
     files = sorted(p.name for p in (tmp_path / "docs").glob("docs-*.parquet"))
     assert files == ["docs-00000.parquet", "docs-00001.parquet"]
     assert [r["id"] for r in _read(tmp_path / "docs")] == [f"many/f{i:02d}.txt" for i in range(30)]

@@ -16,7 +16,9 @@ Design choices:
 - `BatchLoader` draws random windows whose positions depend only on (seed, rank, batch number): its whole
   state is one integer, so resuming is exact;
 - `iter_eval_batches` reads fixed, non-overlapping windows in order: every evaluation of a split sees
-  the same tokens, whatever the batch size.
+  the same tokens, whatever the batch size;
+- `--mix` resamples the training split to a target share of tokens per domain (see `forge.data.mix`);
+  validation keeps the corpus's natural distribution. Without it, documents are written in input order.
 """
 
 import hashlib
@@ -37,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from forge.config import to_dict
+from forge.data.mix import TrainSpool, mix_domains, parse_mix
 from forge.errors import ConfigError, DataError
 from forge.io import atomic_dir, write_json
 from forge.runtime import available_cores
@@ -78,6 +81,9 @@ class TokenizeConfig:
     """documents sent to a worker at a time"""
     progress: bool = True
     """show a progress bar"""
+    mix: str = ""
+    """target share of training tokens per domain, e.g. 'code=0.7,docs=0.3' (empty: the corpus as it is);
+    domains are resampled up (repeated) or down to hit it; validation keeps the natural mix"""
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -87,6 +93,7 @@ class TokenizeConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 (all cores) or more, got {self.num_workers}")
+        parse_mix(self.mix)  # a malformed --mix fails before any work
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -194,20 +201,29 @@ def tokenize_docs(
     if not ids:
         raise DataError(f"{docs_dir} holds no documents; check the inputs of `forge data prepare`")
     is_val = choose_val(ids, config.val_fraction, config.seed)
+    mix = parse_mix(config.mix)
+    domain_of = mix_domains(docs_dir, mix, is_val) if mix else None
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     with atomic_dir(out_dir) as tmp:
         writers = {split: _TokenWriter(tmp, split, dtype, config.shard_tokens) for split in SPLITS}
+        spool = None if domain_of is None else TrainSpool(tmp / "mix-scratch", dtype, mix, domain_of)
         bar = tqdm(total=len(ids), unit="doc", desc="tokenizing", disable=not config.progress)
         index = 0
         for texts, (flat, lengths) in _encoded(docs_dir, tokenizer, tokenizer_dir, config):
             starts = np.concatenate(([0], np.cumsum(lengths)))
             for k, text in enumerate(texts):
-                writer = writers["val" if is_val[index] else "train"]
-                writer.add(flat[starts[k] : starts[k + 1]], tokenizer.eos_id, len(text.encode("utf-8")))
+                doc, nbytes = flat[starts[k] : starts[k + 1]], len(text.encode("utf-8"))
+                if spool is not None and not is_val[index]:  # the mixed train split: written in pass 2
+                    spool.add(index, doc, nbytes)
+                else:
+                    writers["val" if is_val[index] else "train"].add(doc, tokenizer.eos_id, nbytes)
                 index += 1
             bar.update(len(texts))
         bar.close()
+        mixed = None
+        if spool is not None:
+            mixed = spool.write(ids, writers["train"].add, tokenizer.eos_id, config.seed, config.progress)
         for writer in writers.values():
             writer.close()
         meta = {
@@ -221,6 +237,8 @@ def tokenize_docs(
             "config": to_dict(config),
             "splits": {split: writer.summary() for split, writer in writers.items()},
         }
+        if mixed is not None:
+            meta["mix"] = mixed
         write_json(tmp / "meta.json", meta)
     return meta
 

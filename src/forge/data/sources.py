@@ -13,6 +13,7 @@ The embedded default is the running interpreter's standard library: its `*.py` f
 import fnmatch
 import gzip
 import json
+import os
 import sysconfig
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,24 +61,67 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     )
 
 
-def iter_folder(
-    root: Path, *, include: Sequence[str], exclude: Sequence[str], on_problem: OnProblem
-) -> Iterator[RawDocument]:
+@dataclass(frozen=True)
+class InputUnit:
+    """The smallest piece of input read as a whole by one task: a file (of a folder, or given alone), a
+    JSONL or Parquet file, or the pydoc help topics. `size` is its size in bytes, for balancing tasks."""
+
+    kind: str  # "file", "jsonl", "parquet" or "topics"
+    path: str
+    id: str = ""  # a file's document id ("folder/relative/path")
+    size: int = 0
+
+
+def folder_units(root: Path, *, include: Sequence[str], exclude: Sequence[str]) -> list[InputUnit]:
     """Files below `root` matching an `include` glob (default: known text/code extensions), sorted."""
     extensions = CODE_EXTENSIONS + TEXT_EXTENSIONS
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    units = []
+    for path in sorted(_walk(root)):
         rel = path.relative_to(root).as_posix()
         if _matches(rel, (*DEFAULT_EXCLUDE, *exclude)):
             continue
         wanted = _matches(rel, include) if include else path.suffix.lower() in extensions
-        if not wanted:
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            on_problem("unreadable_file", str(path), e.strerror or str(e))
-            continue
-        yield RawDocument(id=f"{root.name}/{rel}", data=data, source=str(path), domain=domain_of(path))
+        if wanted:
+            units.append(InputUnit("file", str(path), f"{root.name}/{rel}", _size(path)))
+    return units
+
+
+_SKIPPED_DIRS = {".git", "__pycache__", "node_modules", ".venv", "site-packages"}  # DEFAULT_EXCLUDE's
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file below `root`, never descending into the always-skipped directories."""
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS]
+        for name in files:
+            path = Path(folder, name)
+            if path.is_file():
+                yield path
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # reported when the task reads it
+
+
+def _read_file(unit: InputUnit, on_problem: OnProblem) -> Iterator[RawDocument]:
+    path = Path(unit.path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        on_problem("unreadable_file", str(path), e.strerror or str(e))
+        return
+    yield RawDocument(id=unit.id or path.name, data=data, source=str(path), domain=domain_of(path))
+
+
+def iter_folder(
+    root: Path, *, include: Sequence[str], exclude: Sequence[str], on_problem: OnProblem
+) -> Iterator[RawDocument]:
+    """The documents of `folder_units`, in order."""
+    for unit in folder_units(root, include=include, exclude=exclude):
+        yield from _read_file(unit, on_problem)
 
 
 def iter_jsonl(
@@ -152,16 +196,25 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def iter_stdlib(on_problem: OnProblem) -> Iterator[RawDocument]:
+def stdlib_units() -> list[InputUnit]:
     """The embedded default corpus: the standard library's `*.py` files, then the pydoc help topics."""
-    root = stdlib_root()
-    yield from iter_folder(root, include=("*.py",), exclude=(), on_problem=on_problem)
+    units = folder_units(stdlib_root(), include=("*.py",), exclude=())
+    return [*units, InputUnit("topics", "pydoc_data.topics", size=3_000_000)]
+
+
+def _iter_topics() -> Iterator[RawDocument]:
     from pydoc_data.topics import topics  # ships with CPython: the text of `help("topic")`
 
     for name in sorted(topics):
         yield RawDocument(
             id=f"pydoc_data/{name}", data=topics[name], source=f"pydoc_data.topics[{name!r}]", domain="docs"
         )
+
+
+def iter_stdlib(on_problem: OnProblem) -> Iterator[RawDocument]:
+    """The documents of the embedded default corpus (`stdlib_units`), in order."""
+    for unit in stdlib_units():
+        yield from iter_unit(unit, on_problem=on_problem)
 
 
 def check_inputs(inputs: Sequence[str]) -> None:
@@ -174,6 +227,57 @@ def check_inputs(inputs: Sequence[str]) -> None:
             )
 
 
+def plan_units(
+    inputs: Sequence[str], *, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[InputUnit]:
+    """Every input unit in reading order: folders file by file, `.jsonl[.gz]`, `.parquet`, other files;
+    no inputs → the standard library."""
+    check_inputs(inputs)
+    if not inputs:
+        return stdlib_units()
+    units: list[InputUnit] = []
+    for given in inputs:
+        path = Path(given)
+        name = path.name.lower()
+        if path.is_dir():
+            units += folder_units(path, include=include, exclude=exclude)
+        elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
+            units.append(InputUnit("jsonl", str(path), size=_size(path)))
+        elif name.endswith(".parquet"):
+            units.append(InputUnit("parquet", str(path), size=_size(path)))
+        else:
+            units.append(InputUnit("file", str(path), path.name, _size(path)))
+    return units
+
+
+def iter_unit(
+    unit: InputUnit, *, text_field: str = "text", domain_field: str = "domain", on_problem: OnProblem
+) -> Iterator[RawDocument]:
+    """The documents of one input unit, in order."""
+    path = Path(unit.path)
+    default_domain = path.name.split(".")[0]
+    if unit.kind == "file":
+        yield from _read_file(unit, on_problem)
+    elif unit.kind == "topics":
+        yield from _iter_topics()
+    elif unit.kind == "jsonl":
+        yield from iter_jsonl(
+            path,
+            text_field=text_field,
+            domain_field=domain_field,
+            default_domain=default_domain,
+            on_problem=on_problem,
+        )
+    else:
+        yield from iter_parquet(
+            path,
+            text_field=text_field,
+            domain_field=domain_field,
+            default_domain=default_domain,
+            on_problem=on_problem,
+        )
+
+
 def iter_inputs(
     inputs: Sequence[str],
     *,
@@ -183,36 +287,6 @@ def iter_inputs(
     domain_field: str = "domain",
     on_problem: OnProblem,
 ) -> Iterator[RawDocument]:
-    """Documents of every input in order: folders, `.jsonl[.gz]`, `.parquet`; none → the stdlib."""
-    check_inputs(inputs)
-    if not inputs:
-        yield from iter_stdlib(on_problem)
-        return
-    for given in inputs:
-        path = Path(given)
-        name = path.name.lower()
-        if path.is_dir():
-            yield from iter_folder(path, include=include, exclude=exclude, on_problem=on_problem)
-        elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
-            yield from iter_jsonl(
-                path,
-                text_field=text_field,
-                domain_field=domain_field,
-                default_domain=path.name.split(".")[0],
-                on_problem=on_problem,
-            )
-        elif name.endswith(".parquet"):
-            yield from iter_parquet(
-                path,
-                text_field=text_field,
-                domain_field=domain_field,
-                default_domain=path.name.split(".")[0],
-                on_problem=on_problem,
-            )
-        elif path.is_file():
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                on_problem("unreadable_file", str(path), e.strerror or str(e))
-                continue
-            yield RawDocument(id=path.name, data=data, source=str(path), domain=domain_of(path))
+    """Documents of every input in order (`plan_units`, then `iter_unit`)."""
+    for unit in plan_units(inputs, include=include, exclude=exclude):
+        yield from iter_unit(unit, text_field=text_field, domain_field=domain_field, on_problem=on_problem)
