@@ -4,7 +4,8 @@ import json
 import re
 from pathlib import Path
 
-from forge.data.report import REASONS, Report, to_html, to_markdown
+from forge.data.report import REASONS, Report
+from forge.data.report_pages import to_html, to_markdown
 
 
 def _worker(offset: int = 0) -> Report:

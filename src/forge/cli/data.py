@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from forge.cli.common import add_command, add_docs_argument
 from forge.config import from_args
 from forge.data.prepare import PrepareConfig, prepare
-from forge.data.report import headline, numeric_columns, text_tables
+from forge.data.report_pages import headline, numeric_columns, text_tables
 from forge.data.shards import TokenizeConfig, tokenize_docs
 from forge.errors import ConfigError, DataError
 

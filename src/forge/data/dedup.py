@@ -49,7 +49,7 @@ from forge.errors import ConfigError
 
 @dataclass(frozen=True, kw_only=True)
 class NearDedupConfig:
-    """Options of near-duplicate removal (flags `--near-dedup.NAME`)."""
+    """Options of near-duplicate removal (flags `--minhash.NAME`)."""
 
     enabled: bool = True
     """remove near-duplicate documents (MinHash LSH, verified)"""
@@ -71,16 +71,16 @@ class NearDedupConfig:
     def __post_init__(self) -> None:
         for name in ("ngram", "num_perm", "bands", "rows"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--near-dedup.{name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"--minhash.{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.bands * self.rows != self.num_perm:
             raise ConfigError(
-                f"--near-dedup.bands × --near-dedup.rows must equal --near-dedup.num-perm: "
+                f"--minhash.bands × --minhash.rows must equal --minhash.num-perm: "
                 f"{self.bands} × {self.rows} ≠ {self.num_perm}"
             )
         if not 0 < self.threshold <= 1:
-            raise ConfigError(f"--near-dedup.threshold must be in (0, 1], got {self.threshold}")
+            raise ConfigError(f"--minhash.threshold must be in (0, 1], got {self.threshold}")
         if self.verify not in ("exact", "estimate"):
-            raise ConfigError(f"--near-dedup.verify must be exact or estimate, got {self.verify!r}")
+            raise ConfigError(f"--minhash.verify must be exact or estimate, got {self.verify!r}")
 
 
 def text_digest(text: str) -> bytes:

@@ -31,7 +31,9 @@ from forge.data.sources import InputUnit, iter_unit
 from forge.data.tasks import complete
 from forge.io import write_with
 
-STEPS = ("read", "decode", "corruption", "normalise", "c4_lines", "quality", "safety", "language", "pii")
+# the last, "minhash", is shingling, then signatures and band hashes (timed with writing the task's file)
+STEPS = ["read", "decode", "corruption", "normalise", "c4_lines", "quality", "safety", "language", "pii"]
+STEPS.append("minhash")
 
 
 # a step: text → (new text, None, "") to keep it (changed or not), or (None, reason, detail) to remove it
@@ -102,13 +104,15 @@ class Cleaner:
     def __call__(self, data: bytes | str, source: str, domain: str) -> str | None:
         """The text after every step, or None when one removes it."""
         config, run = self.config, self.funnel.run
+        start = time.perf_counter()
         text, reason = decode(data)
+        self.funnel.tallies["decode"].seconds += time.perf_counter() - start
         if text is None:
             self.funnel.skip("decode", len(data), reason or "undecodable", source)
             return None
         code = quality.is_code(source, domain)
         steps: list[tuple[str, Step]] = [
-            ("decode", lambda t: (t, None, "")),
+            ("decode", lambda t: (t, None, "")),  # counts the decoded text (timed above)
             (
                 "corruption",
                 lambda t: _check(t, corruption(t, max_control_fraction=config.max_control_fraction)),
@@ -179,6 +183,10 @@ def clean_task(config: Any, index: int, units: list[InputUnit], work_dir: str) -
         report.remove(reason, where, detail)
         print(f"warning: {where}: {detail} (skipped)", file=sys.stderr)
 
+    def shingle(text: str) -> tuple[str, None, str]:
+        shingle_sets.append(hasher.shingles(text))
+        return text, None, ""
+
     for unit in units:
         documents = iter_unit(
             unit, text_field=config.text_field, domain_field=config.domain_field, on_problem=on_problem
@@ -193,11 +201,16 @@ def clean_task(config: Any, index: int, units: list[InputUnit], work_dir: str) -
                 continue
             for name, value in zip(rows, (raw.id, text, raw.source, raw.domain), strict=True):
                 rows[name].append(value)
-            shingle_sets.append(hasher.shingles(text) if config.minhash.enabled else np.zeros(0, np.uint64))
+            if config.minhash.enabled:
+                funnel.run("minhash", text, raw.source, shingle)
+            else:
+                shingle_sets.append(np.zeros(0, np.uint64))
             if config.boilerplate_min_docs:
                 code = quality.is_code(raw.source, raw.domain)
                 lines.append(line_hashes(text, code=code, min_chars=config.boilerplate_min_chars))
+    start = time.perf_counter()
     _write_clean(Path(work_dir), index, rows, shingle_sets, hasher, lines)
+    funnel.tallies["minhash"].seconds += time.perf_counter() - start  # signatures, bands, the task's file
     funnel.to_report()
     return complete(Path(work_dir), "clean", index, report.to_dict())
 
