@@ -70,8 +70,8 @@ class NearDedupConfig:
 
     def __post_init__(self) -> None:
         for name in ("ngram", "num_perm", "bands", "rows"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--minhash.{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            if (value := getattr(self, name)) < 1:
+                raise ConfigError(f"--minhash.{name.replace('_', '-')} must be at least 1, got {value}")
         if self.bands * self.rows != self.num_perm:
             raise ConfigError(
                 f"--minhash.bands × --minhash.rows must equal --minhash.num-perm: "
