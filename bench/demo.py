@@ -3,6 +3,7 @@
 Runs every stage through the `forge` command, as a user would type it, and times each:
 
     prepare → tokenizer → tokenize → pretrain (`small`, bounded wall clock) → generate → eval
+    → synth-sft → sft (chat fine-tuning) → chat --prompt (one held-out instruction)
 
 The model is the `small` preset's width (256) with 6 layers instead of 10 and a 256-token context: with
 12 minutes of two CPU cores the run is compute-bound, and the shallower model reads 1.5x more tokens
@@ -27,11 +28,16 @@ RESULTS = ROOT / "bench" / "results" / "demo.json"
 PROMPTS = ("def ", "class ", "import ")
 
 
-def forge(*args: str) -> float:
-    """Run one `forge` command, echoing it; return its wall time in seconds."""
+def forge(*args: str, stdout: Path | None = None) -> float:
+    """Run one `forge` command, echoing it (its output to `stdout` if given); return its wall time."""
     print(f"\n$ forge {shlex.join(args)}", flush=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "forge.cli.main", *args], check=True, cwd=ROOT)
+    command = [sys.executable, "-m", "forge.cli.main", *args]
+    if stdout is None:
+        subprocess.run(command, check=True, cwd=ROOT)
+    else:
+        with open(stdout, "w", encoding="utf-8") as f:
+            subprocess.run(command, check=True, cwd=ROOT, stdout=f)
     return time.perf_counter() - start
 
 
@@ -42,11 +48,14 @@ def main() -> None:
     parser.add_argument("--out", default="demo_out", help="working directory for data and the run")
     parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     parser.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
+    parser.add_argument("--sft-minutes", type=float, default=4.0, help="fine-tuning wall-clock budget")
     args = parser.parse_args()
 
     work = Path(args.out)
     docs, tokenizer, tokens, run = work / "docs", work / "tokenizer", work / "tokens", work / "runs" / "small"
-    shutil.rmtree(run, ignore_errors=True)  # the demo trains from scratch every time
+    sft_data, sft_run = work / "sft", work / "runs" / "sft"
+    for directory in (run, sft_run):
+        shutil.rmtree(directory, ignore_errors=True)  # the demo trains from scratch every time
     seconds: dict[str, float] = {}
     seconds["prepare"] = forge("data", "prepare", "--out", str(docs))
     seconds["tokenizer"] = forge(
@@ -80,6 +89,25 @@ def main() -> None:
     eval_json = work / "eval.json"
     seconds["eval"] = forge("eval", str(run), "--data", str(tokens), "--json", str(eval_json))
 
+    # answers short enough to fit the demo model's 256-token context with their instruction
+    seconds["synth-sft"] = forge("data", "synth-sft", "--out", str(sft_data), "--max-answer-chars", "600")
+    seconds["sft"] = forge(
+        "sft", str(run), "--data", str(sft_data / "train.jsonl"), "--out", str(sft_run),
+        "--max-minutes", str(args.sft_minutes), "--max-steps", "100000", "--batch-size", "8",
+        "--eval-every", "200", "--eval-batches", "8", "--checkpoint-every", "200",
+    )  # fmt: skip
+    held_out = json.loads((sft_data / "val.jsonl").read_text().splitlines()[0])["messages"]
+    question = next(m["content"] for m in held_out if m["role"] == "user")
+    expected = next(m["content"] for m in held_out if m["role"] == "assistant")
+    answer_path = work / "sft_answer.txt"
+    seconds["chat --prompt"] = forge(
+        "chat", str(sft_run), "--prompt", question, "--temperature", "0", "--max-new-tokens", "160",
+        stdout=answer_path,
+    )  # fmt: skip
+    answer = answer_path.read_text().strip()
+    print(f"held-out instruction: {question}\nmodel's answer:\n{answer}\nreference answer:\n{expected}")
+    sft_summary = json.loads((sft_run / "summary.json").read_text())
+
     summary = json.loads((run / "summary.json").read_text())
     evaluation = json.loads(eval_json.read_text())
     reduction = 1 - evaluation["bpb"] / evaluation["unigram_bpb"]
@@ -89,7 +117,12 @@ def main() -> None:
             "unigram_bpb": round(evaluation["unigram_bpb"], 4),
             "bpb_reduction_vs_unigram": round(reduction, 4),
             "train_minutes": summary["train_minutes"],
+            "sft_val_loss_before": sft_summary["val_loss_before"],
+            "sft_val_loss_after": sft_summary["val_loss_after"],
+            "sft_loss_reduction": sft_summary["val_loss_reduction"],
+            "sft_forgetting_bpb": sft_summary.get("forgetting_bpb"),
         },
+        "held_out_exchange": {"instruction": question, "answer": answer, "reference": expected},
         "run": {k: summary[k] for k in ("steps", "tokens", "parameters", "tokens_per_s", "val_loss")},
         "val_tokens": evaluation["tokens"],
         "stage_seconds": {k: round(v, 1) for k, v in seconds.items()},

@@ -40,3 +40,16 @@ def test_chat_answers_keeps_settings_and_survives_ctrl_c(
     assert "(Ctrl-D or /quit leaves)" in out  # Ctrl-C at the prompt does not end the program
     assert "temperature" in out.split("/temp 9")[1].split("\n")[1]  # refused, naming the setting
     assert "(new conversation)" in out and "unknown command /nope" in out
+
+
+def test_chat_answers_one_prompt_and_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    run = make_run(tmp_path)
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("--prompt must not read the terminal"))
+    args = ["chat", str(run), "--threads", "1", "--temperature", "0", "--max-new-tokens", "6"]
+    assert main([*args, "--prompt", "hello there"]) == 0
+    first = capsys.readouterr().out
+    assert main([*args, "--prompt", "hello there"]) == 0
+    assert capsys.readouterr().out == first  # greedy: the same answer twice
+    assert first.endswith("\n") and "forge chat with" not in first and "you>" not in first  # the answer alone

@@ -11,6 +11,8 @@ import torch
 
 from forge.data.shards import (
     BatchLoader,
+    PrefetchLoader,
+    ReplayLoader,
     TokenizeConfig,
     TokenShards,
     choose_val,
@@ -110,8 +112,10 @@ def test_validation_split_is_by_document_and_deterministic() -> None:
     assert choose_val(ids, 0.0, seed=0).sum() == 0
 
 
-def _shards(tmp_path: Path, n_tokens: int, split: str = "train") -> TokenShards:
-    (tmp_path / f"{split}-00000.bin").write_bytes(np.arange(n_tokens, dtype="<u2").tobytes())
+def _shards(tmp_path: Path, n_tokens: int, split: str = "train", first: int = 0) -> TokenShards:
+    tmp_path.mkdir(exist_ok=True)
+    tokens = np.arange(first, first + n_tokens, dtype="<u2")
+    (tmp_path / f"{split}-00000.bin").write_bytes(tokens.tobytes())
     meta = {"dtype": "uint16", "splits": {split: {"files": [f"{split}-00000.bin"]}}}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     return TokenShards(tmp_path, split)
@@ -159,8 +163,6 @@ def test_errors_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_prefetching_gives_the_same_batches_and_resumes_at_what_was_handed_out(tmp_path: Path) -> None:
-    from forge.data.shards import PrefetchLoader
-
     shards = _shards(tmp_path, 1000)
     plain = BatchLoader(shards, batch_size=4, seq_len=16, seed=3)
     expected = [plain.next_batch()[0] for _ in range(6)]
@@ -171,3 +173,41 @@ def test_prefetching_gives_the_same_batches_and_resumes_at_what_was_handed_out(t
     got += [prefetch.next_batch()[0] for _ in range(2)]
     prefetch.close()
     assert all(torch.equal(a, b) for a, b in zip(got, expected[:2] + expected[4:6], strict=True))
+
+
+def test_replay_loader_fills_its_share_of_every_batch_and_resumes_exactly(tmp_path: Path) -> None:
+    new = _shards(tmp_path / "new", 1000)  # token ids 0..999
+    old = _shards(tmp_path / "old", 1000, first=2000)  # 2000..2999: disjoint from the new ones
+
+    def loader(fraction: float = 0.5, **where: int) -> ReplayLoader:
+        return ReplayLoader(new, old, 8, 16, replay_fraction=fraction, seed=3, **where)
+
+    first = loader()
+    batches = [first.next_batch() for _ in range(4)]
+    for x, y in batches:
+        assert x.shape == y.shape == (8, 16) and torch.equal(y[:, :-1], x[:, 1:])
+        assert (x < 1000).all(dim=1)[:4].all() and (x >= 2000).all(dim=1)[4:].all()  # 4 new rows, 4 old
+    assert not torch.equal(batches[0][0], batches[1][0])
+    quarter = loader(0.25).next_batch()[0]
+    assert (quarter >= 2000).all(dim=1).tolist() == [False] * 6 + [True] * 2  # round(0.25 · 8) rows
+    assert first.state_dict() == {"data": {"position": 4}, "replay": {"position": 4}}
+
+    resumed = loader()
+    resumed.load_state_dict({"data": {"position": 2}, "replay": {"position": 2}})
+    assert torch.equal(resumed.next_batch()[0], batches[2][0])
+    prefetch = PrefetchLoader(loader(), depth=3)
+    assert torch.equal(prefetch.next_batch()[0], batches[0][0])
+    assert prefetch.state_dict() == {"data": {"position": 1}, "replay": {"position": 1}}
+    prefetch.close()
+    # two ranks with 4 rows each read, together, the new and the replayed rows of one loader with 8
+    ranks = [ReplayLoader(new, old, 4, 16, replay_fraction=0.5, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    parts = [r.next_batch()[0] for r in ranks]
+    assert torch.equal(torch.cat([p[:2] for p in parts]), batches[0][0][:4])
+    assert torch.equal(torch.cat([p[2:] for p in parts]), batches[0][0][4:])
+
+    with pytest.raises(ConfigError, match="at least one row"):
+        loader(0.05)
+    with pytest.raises(DataError, match="--replay-data"):
+        loader().load_state_dict({"position": 3})
+    with pytest.raises(DataError, match="--replay-data"):
+        BatchLoader(new, 4, 16).load_state_dict(first.state_dict())

@@ -1,4 +1,4 @@
-"""`forge data prepare`, `forge data tokenize` and `forge data inspect`."""
+"""`forge data prepare`, `forge data tokenize`, `forge data inspect` and `forge data synth-sft`."""
 
 import argparse
 import json
@@ -16,6 +16,7 @@ from forge.config import from_args
 from forge.data.prepare import PrepareConfig, prepare
 from forge.data.report_pages import headline, numeric_columns, text_tables
 from forge.data.shards import TokenizeConfig, tokenize_docs
+from forge.data.synth_sft import SynthSftConfig, synthesize
 from forge.errors import ConfigError, DataError
 
 
@@ -86,11 +87,34 @@ def register(commands: Any) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the sample (default: 0)")
     p.set_defaults(handler=_inspect)
 
+    p = add_command(
+        sub,
+        "synth-sft",
+        config_cls=SynthSftConfig,
+        help="derive instruction conversations from the standard library's documented functions",
+        description="Turn every documented public function and method of this Python's standard library "
+        "into conversations: 'write' (a signature and docstring summary → the source) and 'explain' "
+        "(what does module.name do? → the docstring). Whole modules are held out for validation. Writes "
+        "train.jsonl, val.jsonl and report.json (counts, skips by reason, examples) for `forge sft`.",
+    )
+    p.set_defaults(handler=_synth_sft)
+
 
 def _prepare(args: argparse.Namespace) -> None:
     config = from_args(PrepareConfig, args, extra={"inputs": list(args.inputs)} if args.inputs else None)
     manifest = prepare(config)
     print(f"kept {manifest['documents']:,} documents → {config.out} (see {config.out}/report.md)")
+
+
+def _synth_sft(args: argparse.Namespace) -> None:
+    config = from_args(SynthSftConfig, args)
+    report = synthesize(config)
+    kinds, train, val = report["conversations"], report["train"], report["val"]
+    print(
+        f"{kinds['write'] + kinds['explain']:,} conversations (write {kinds['write']:,}, explain "
+        f"{kinds['explain']:,}): train {train['conversations']:,}, val {val['conversations']:,} "
+        f"({val['modules']} modules held out) → {config.out} (see {config.out}/report.json)"
+    )
 
 
 def _tokenize(args: argparse.Namespace) -> None:

@@ -72,6 +72,12 @@ def register(commands: Any) -> None:
     c.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: 0.95)")
     c.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per answer (default: 256)")
     c.add_argument("--seed", type=int, default=None, help="fix the seed for reproducible answers")
+    c.add_argument(
+        "--prompt",
+        default=None,
+        metavar="TEXT",
+        help="ask this one question, print the answer and exit (no interactive session)",
+    )
     c.set_defaults(handler=_chat)
 
 
@@ -126,6 +132,12 @@ def _chat(args: argparse.Namespace) -> None:
     }
     SamplingConfig(**settings)  # a bad flag is refused before the chat starts
     system = args.system
+    if args.prompt is not None:  # one exchange, printed, for scripts and demos
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        print("".join(generate_chat(model, tokenizer, messages, SamplingConfig(**settings))))
+        return
     history: list[dict[str, str]] = []
     print(f"forge chat with {Path(args.run).resolve().name} (/help for commands, Ctrl-D to leave)")
     while True:

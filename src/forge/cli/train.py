@@ -4,7 +4,7 @@ import argparse
 from typing import Any
 
 from forge.cli.common import add_command
-from forge.config import from_args
+from forge.config import from_args, load_toml
 from forge.errors import ConfigError
 from forge.model.config import PRESETS
 from forge.train.pretrain import PretrainConfig, pretrain
@@ -19,13 +19,15 @@ def register(commands: Any) -> None:
         help="train a decoder-only transformer on token shards",
         description="Train a decoder-only transformer on next-token prediction. Model options "
         "start from --preset and can be changed one by one (--model.dim 256); training options "
-        "are flags or a TOML file (--config).",
+        "are flags or a TOML file (--config). With --init-from RUN the model (shape and weights) and "
+        "the tokenizer are the run's: continued pretraining on --data.",
     )
     p.add_argument(
         "--preset",
-        default="tiny",
+        default=None,
         metavar="NAME",
-        help=f"model shape preset: {', '.join(PRESETS)} (default: tiny)",
+        help=f"model shape preset: {', '.join(PRESETS)} (default: tiny; none with --init-from, whose "
+        "shape is the run's)",
     )
     p.set_defaults(handler=_pretrain)
 
@@ -45,10 +47,14 @@ def register(commands: Any) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    if args.preset not in PRESETS:
-        raise ConfigError(f"--preset {args.preset!r} is not a preset; choose one of {', '.join(PRESETS)}")
-    config = from_args(PretrainConfig, args, preset={"model": dict(PRESETS[args.preset])})
-    pretrain(config)
+    name = args.preset or "tiny"
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r} is not a preset; choose one of {', '.join(PRESETS)}")
+    init_from = getattr(args, "init_from", "") or (args.config and load_toml(args.config).get("init_from"))
+    # a continued run's shape is its --init-from run's: a preset applies only when asked for, and then
+    # must match it
+    preset = {} if init_from and args.preset is None else {"model": dict(PRESETS[name])}
+    pretrain(from_args(PretrainConfig, args, preset=preset))
 
 
 def _bench_peak(args: argparse.Namespace) -> None:

@@ -15,6 +15,8 @@ Design choices:
   shards are the same whatever the number of workers;
 - `BatchLoader` draws random windows whose positions depend only on (seed, rank, batch number): its whole
   state is one integer, so resuming is exact;
+- `ReplayLoader` fills a fixed share of every batch from a second set of shards (replay of the original
+  domain in continued pretraining) with a second `BatchLoader` on its own generator stream;
 - `iter_eval_batches` reads fixed, non-overlapping windows in order: every evaluation of a split sees
   the same tokens, whatever the batch size;
 - `--mix` resamples the training split to a target share of tokens per domain (see `forge.data.mix`);
@@ -54,6 +56,8 @@ from forge.tokenizer.bpe import (
 
 __all__ = [
     "BatchLoader",
+    "PrefetchLoader",
+    "ReplayLoader",
     "TokenShards",
     "TokenizeConfig",
     "iter_eval_batches",
@@ -277,9 +281,10 @@ class TokenShards:
 
 class BatchLoader:
     """Random training windows: global batch n holds `batch_size × world_size` windows of `seq_len + 1`
-    tokens drawn from the generator seeded by (seed, n), and rank r reads rows r·batch_size onwards, so
-    N processes together read exactly the batches one process with N times the batch would.
-    `state_dict()` is that n, so a resumed run (with any number of processes) reads what it would have."""
+    tokens drawn from the generator seeded by (seed, stream, n), and rank r reads rows r·batch_size onwards,
+    so N processes together read exactly the batches one process with N times the batch would.
+    `state_dict()` is that n, so a resumed run (with any number of processes) reads what it would have.
+    Loaders sharing a seed but not a `stream` draw independent windows."""
 
     def __init__(
         self,
@@ -288,11 +293,12 @@ class BatchLoader:
         seq_len: int,
         *,
         seed: int = 0,
+        stream: int = 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.shards, self.batch_size, self.seq_len, self.seed = shards, batch_size, seq_len, seed
-        self.rank, self.world_size = rank, world_size
+        self.stream, self.rank, self.world_size = stream, rank, world_size
         self.position = 0
         window = seq_len + 1
         starts = np.array([max(0, len(a) - window + 1) for a in shards.arrays], dtype=np.int64)
@@ -305,7 +311,7 @@ class BatchLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, seq_len) int64, targets shifted by one token."""
-        rng = np.random.Generator(np.random.PCG64([self.seed, 0, self.position]))
+        rng = np.random.Generator(np.random.PCG64([self.seed, self.stream, self.position]))
         self.position += 1
         picks = rng.integers(0, self._ends[-1], size=self.batch_size * self.world_size)
         picks = picks[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]  # this rank's rows
@@ -321,22 +327,81 @@ class BatchLoader:
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "position" not in state:
+            raise DataError(
+                "the checkpoint's data state is a replay loader's: the run was started with --replay-data; "
+                "resume it with the same --replay-data and --replay-fraction"
+            )
         self.position = int(state["position"])
 
 
-class PrefetchLoader:
-    """`BatchLoader` with the next `depth` batches assembled by a background thread while the current
-    step runs (pinned for a fast copy when the device is a GPU). Its state is the position of the batches
-    handed out, not of those prepared ahead, so a checkpoint resumes exactly as without prefetching."""
+class ReplayLoader:
+    """Batches whose last round(replay_fraction · batch_size) rows come from `replay` (the original
+    domain, replayed against forgetting) and the others from `shards`, each part drawn by its own
+    `BatchLoader` (the replay one on generator stream 1). The share is the same in every batch and on
+    every rank (each rank reads its rows of both parts), and `state_dict()` holds both loaders' states,
+    so resuming is exact."""
 
-    def __init__(self, loader: BatchLoader, depth: int = 2, *, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        shards: TokenShards,
+        replay: TokenShards,
+        batch_size: int,
+        seq_len: int,
+        *,
+        replay_fraction: float,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        replay_rows = round(replay_fraction * batch_size)
+        if not 0 < replay_rows < batch_size:
+            raise ConfigError(
+                f"--replay-fraction {replay_fraction} of --batch-size {batch_size} gives {replay_rows} "
+                "replay rows; both the new and the replayed data need at least one row"
+            )
+        where = {"seed": seed, "rank": rank, "world_size": world_size}
+        self.main = BatchLoader(shards, batch_size - replay_rows, seq_len, **where)
+        self.replay = BatchLoader(replay, replay_rows, seq_len, stream=1, **where)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (batch_size, seq_len) int64: the new data's rows, then the replayed."""
+        x, y = self.main.next_batch()
+        replay_x, replay_y = self.replay.next_batch()
+        return torch.cat([x, replay_x]), torch.cat([y, replay_y])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"data": self.main.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "replay" not in state:
+            raise DataError(
+                "the checkpoint's data state has no replay loader: the run was started without "
+                "--replay-data; resume it with the options it was started with"
+            )
+        self.main.load_state_dict(state["data"])
+        self.replay.load_state_dict(state["replay"])
+
+
+_Prefetched = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]  # a batch and the loader's state after it
+
+
+class PrefetchLoader:
+    """A loader (`BatchLoader`, `ReplayLoader`) with the next `depth` batches assembled by a background
+    thread while the current step runs (pinned for a fast copy when the device is a GPU). Each batch
+    travels with the loader's state after it, so `state_dict()` is the state of the batches handed out,
+    not of those prepared ahead, and a checkpoint resumes exactly as without prefetching."""
+
+    def __init__(
+        self, loader: BatchLoader | ReplayLoader, depth: int = 2, *, pin_memory: bool = False
+    ) -> None:
         self.loader, self.depth, self.pin_memory = loader, depth, pin_memory
         self._start()
 
     def _start(self) -> None:
-        self._handed_out = self.loader.position
-        self._queue: queue.Queue[tuple[torch.Tensor, torch.Tensor] | BaseException] = queue.Queue(self.depth)
+        self._state: dict[str, Any] = self.loader.state_dict()
+        self._queue: queue.Queue[_Prefetched | BaseException] = queue.Queue(self.depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, name="forge-prefetch", daemon=True)
         self._thread.start()
@@ -345,9 +410,9 @@ class PrefetchLoader:
         while not self._stop.is_set():
             try:
                 x, y = self.loader.next_batch()
-                item: tuple[torch.Tensor, torch.Tensor] | BaseException = (
-                    (x.pin_memory(), y.pin_memory()) if self.pin_memory else (x, y)
-                )
+                if self.pin_memory:
+                    x, y = x.pin_memory(), y.pin_memory()
+                item: _Prefetched | BaseException = (x, y, self.loader.state_dict())
             except BaseException as error:  # handed to the consumer, raised there
                 item = error
             while not self._stop.is_set():
@@ -363,13 +428,13 @@ class PrefetchLoader:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        self._handed_out += 1
-        return item
+        x, y, self._state = item
+        return x, y
 
-    def state_dict(self) -> dict[str, int]:
-        return {"position": self._handed_out}
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.close()
         self.loader.load_state_dict(state)
         self._start()

@@ -42,6 +42,11 @@ def save_model(
     """Write `model.safetensors` and `config.json` ({"model": config, **extra_config}) into `directory`."""
     directory = Path(directory)
     extra_config = extra_config or {}
+    if any(name.endswith((".lora_A", ".lora_B")) for name in model.state_dict()):
+        raise CheckpointError(
+            "the model has LoRA adapters: merge them first (forge.model.lora.merge_lora) or save them alone "
+            "(save_adapter)"
+        )
     if "model" in extra_config:
         raise ValueError("extra_config must not have a 'model' key: it holds the model config")
     weights = _weights(model)

@@ -87,14 +87,15 @@ class Attention(nn.Module):
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, C) → (B, T, C); a `cache` needs `positions` (B, T) and `attn_mask` (B, 1, T, ≥S)."""
+        """x (B, T, C) → (B, T, C); a `cache` needs `positions` (B, T) and `attn_mask` (B, 1, T, ≥S);
+        without one, `attn_mask` (B, 1, T, T) replaces the causal mask (True: may attend)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            y = self._attend(q, k, v, mask=None)
+            y = self._attend(q, k, v, mask=attn_mask)  # None: causal; packed sequences: (B, 1, T, T)
         else:
             if positions is None or attn_mask is None:
                 raise ValueError("attention with a cache needs `positions` and `attn_mask`")

@@ -7,6 +7,8 @@ Design choices:
 - optional tied embeddings: `lm_head.weight` *is* `model.embed_tokens.weight`;
 - rotary cos/sin tables are non-persistent buffers (recomputed, never saved), indexed by `positions`;
 - with a KV cache, the mask `slot <= position` is built once per forward and shared by all layers;
+- packed training rows (`segments`) get a block-diagonal causal mask and positions that restart with each
+  segment, so conversations packed together never attend to each other;
 - GPT-2 style init: normal(0, init_std), residual output projections scaled by 1/√(2 · num_layers);
 - logits come back in float32 whatever the compute dtype, for a stable softmax / cross-entropy;
 - `activation_checkpointing` (a training switch, not part of the config): each block's activations are
@@ -22,6 +24,20 @@ from torch import Tensor, nn
 
 from forge.model.config import ModelConfig
 from forge.model.layers import Block, KVCacheLike, RMSNorm, precompute_rope
+
+
+def segment_positions_and_mask(segments: Tensor) -> tuple[Tensor, Tensor]:
+    """For packed rows with segment ids (B, T): each token's position within its segment (B, T) and the
+    block-diagonal causal mask (B, 1, T, T), True where a query may attend to a key."""
+    B, T = segments.shape
+    index = torch.arange(T, device=segments.device).expand(B, T)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]  # a new segment begins here
+    first = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=1).values  # (B, T)
+    positions = index - first
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    return positions, (same & causal)[:, None]
 
 
 class Decoder(nn.Module):
@@ -66,20 +82,29 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
 
     def forward(
-        self, input_ids: Tensor, *, positions: Tensor | None = None, cache: KVCacheLike | None = None
+        self,
+        input_ids: Tensor,
+        *,
+        positions: Tensor | None = None,
+        cache: KVCacheLike | None = None,
+        segments: Tensor | None = None,
     ) -> Tensor:
         """input_ids (B, T) at `positions` (B, T), default 0..T-1 → logits (B, T, vocab_size) in float32.
 
         With `cache`, new keys/values are stored at `positions` and every query attends to the cached slots
-        at or before its own position.
+        at or before its own position. With `segments` (B, T), several sequences packed in one row are
+        kept apart: a token attends only to earlier tokens of its own segment (equal id, contiguous), and
+        positions restart at 0 with each segment.
         """
         B, T = input_ids.shape
+        attn_mask = None
+        if segments is not None:
+            positions, attn_mask = segment_positions_and_mask(segments)
         if positions is None:
             if self.config.context_length < T:
                 raise ValueError(f"{T} tokens exceed the context length {self.config.context_length}")
             positions = torch.arange(T, device=input_ids.device).expand(B, T)  # (B, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, T, D)
-        attn_mask = None
         if cache is not None:
             slots = torch.arange(self.config.context_length, device=input_ids.device)
             attn_mask = slots[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, context_length)
@@ -90,7 +115,9 @@ class Transformer(nn.Module):
         )
         for layer, block in enumerate(self.model.layers):
             if recompute:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, cos, sin, attn_mask=attn_mask, use_reentrant=False
+                )
             else:
                 x = block(x, cos, sin, cache=cache, layer=layer, positions=positions, attn_mask=attn_mask)
         x = self.model.norm(x)

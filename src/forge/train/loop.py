@@ -35,7 +35,8 @@ from forge.train.metrics import MetricsLog
 from forge.train.optim import lr_multiplier, set_lr
 from forge.train.precision import autocast
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+# (inputs, targets, *extra): the extras (e.g. the segment ids of packed sequences) go to `loss_fn` too
+Batch = tuple[torch.Tensor, ...]
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -145,9 +146,9 @@ class TrainState:
 
 
 def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting y from x."""
+    """Mean cross-entropy of predicting y from x (targets of -100 are not counted)."""
     logits = model(x)  # (B, T, vocab)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100)
 
 
 def _due(step: int, every: int) -> bool:
@@ -166,7 +167,7 @@ def train(
     device: torch.device,
     evaluate: Callable[[bool], dict[str, float]] | None = None,
     sample: Callable[[], str] | None = None,
-    loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = next_token_loss,
+    loss_fn: Callable[..., torch.Tensor] = next_token_loss,
     world: World | None = None,
     flops_per_token: float = 0.0,
     peak_flops: float = 0.0,
@@ -241,12 +242,11 @@ def train(
                 )
                 set_lr(optimizer, lr)
                 for micro in range(config.grad_accum):
-                    x, y = next_batch()
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    x, y, *extra = (t.to(device, non_blocking=True) for t in next_batch())
                     # gradients cross ranks once per step, on the last micro-batch
                     with gradient_sync(model, world, enabled=micro == config.grad_accum - 1):
                         with autocast(device, config.autocast_dtype):
-                            loss = loss_fn(model, x, y) / config.grad_accum
+                            loss = loss_fn(model, x, y, *extra) / config.grad_accum
                         loss.backward()
                     loss_sum += loss.detach()
                     window_tokens += x.numel() * world.size

@@ -48,6 +48,12 @@ def write_report(run_dir: Path, summary: dict[str, Any], config: dict[str, Any],
         ("final validation loss", f"{summary['val_loss']:.4f}"),
         ("bits per byte", f"{summary['val_bpb']:.4f} (unigram baseline {summary['unigram_bpb']:.4f})"),
     ]
+    if "init_from" in summary:
+        rows.insert(0, ("initialised from", f"`{summary['init_from']}` (continued pretraining)"))
+    if "original_domain" in summary:
+        before, after = summary["original_domain"]["bpb_before"], summary["original_domain"]["bpb_after"]
+        shown = "?" if before is None else f"{before:.4f}"
+        rows.append(("original domain bits per byte", f"{shown} before → {after:.4f} after"))
     lines = [f"# Run report: {run_dir.name}", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows]
     lines += ["", "![loss](loss.png)", "", "## Samples", ""]

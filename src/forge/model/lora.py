@@ -1,0 +1,298 @@
+"""LoRA: low-rank adapters applied to an unchanged `Transformer` from outside.
+
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3: a frozen weight W0 (out, in)
+gets a trainable update of rank r, and a wrapped layer computes h = W0 x + (alpha / r) · B A x.
+
+Design choices:
+- `apply_lora` swaps the targeted `nn.Linear` modules for `LoraLinear` wrappers in place and freezes every
+  other parameter (embeddings, norms, lm_head, the wrapped weights): only `lora_A` / `lora_B` train;
+- A (r, in) is initialised as `nn.Linear` (and PEFT) initialise weights, Kaiming-uniform with a = √5 (the
+  paper uses a Gaussian; the scale hardly matters since B starts at zero), B (out, r) is zero, so a freshly
+  wrapped model computes exactly what the base model did; both draw on torch's global RNG;
+- the update is scaled by alpha / r (section 4.1), so changing r does not require retuning the learning rate;
+- dropout acts on the adapter's input only, during training (an `nn.Dropout`, inactive in eval mode);
+- adapter parameters stay float32 whatever the base weights' dtype, and are cast to the input's dtype in
+  forward; cast the model (e.g. to bf16) *before* `apply_lora`, since `model.to(dtype)` casts them too;
+- merging adds (alpha / r) · B A into W0 in place, in float32 maths cast back (section 4.1: no inference
+  latency); `unmerge` subtracts it again, exact up to float rounding. `merge_lora` folds every adapter and
+  puts the plain `nn.Linear` back, so the model is an ordinary `Transformer` with the usual state dict;
+- the tied embedding / lm_head matrix is never adapted; 'all-linear' means the seven linear layers of each
+  block and leaves out lm_head, as PEFT does: lm_head is the (often tied) vocabulary projection, whose
+  adapter would be large (vocab_size · r) and would change the input embedding too;
+- state-dict keys read as the module tree: `model.layers.0.self_attn.q_proj.lora_A`, with the frozen
+  weight at `...q_proj.base.weight`, so a wrapped model still saves and resumes through training
+  checkpoints. `forge.model.io.save_model` is for plain models only: call `merge_lora` first (a merged
+  model.safetensors), or `save_adapter` for the adapter alone.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from forge import __version__
+from forge.errors import CheckpointError, ConfigError, ForgeError
+from forge.io import write_json, write_with
+from forge.model.transformer import Transformer
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ALL_LINEAR = "all-linear"
+LINEAR_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Which linear layers get low-rank adapters, and their size."""
+
+    rank: int = 16
+    """rank r of the update B·A"""
+    alpha: float = 32.0
+    """scale numerator: the update is multiplied by alpha / rank"""
+    dropout: float = 0.0
+    """dropout on the adapter's input during training"""
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """linear layers to adapt, by name suffix (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj),
+    or 'all-linear' (every linear layer of the blocks; lm_head excluded, as PEFT does)"""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(f"--adapter.rank must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise ConfigError(f"--adapter.alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--adapter.dropout must be in [0, 1), got {self.dropout!r}")
+        valid = (*LINEAR_TARGETS, ALL_LINEAR)
+        if isinstance(self.targets, str) or not self.targets:
+            raise ConfigError(
+                f"--adapter.targets must be a non-empty list like q_proj,v_proj, got {self.targets!r}"
+            )
+        unknown = [name for name in self.targets if name not in valid]
+        if unknown:
+            raise ConfigError(
+                f"--adapter.targets: unknown {', '.join(unknown)}; choose from {', '.join(valid)}"
+            )
+
+    @property
+    def scale(self) -> float:
+        """alpha / rank, the factor on B·A."""
+        return self.alpha / self.rank
+
+
+class LoraLinear(nn.Module):
+    """A frozen `nn.Linear` (`.base`) plus a trainable low-rank update: base(x) + scale · B A dropout(x)."""
+
+    def __init__(self, base: nn.Linear, *, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.rank, self.scale = rank, alpha / rank
+        device = base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.train(base.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.merged:  # the update already lives in base.weight
+            return out
+        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
+        return out + update * self.scale  # (..., in) → (..., r) → (..., out)
+
+    def delta_weight(self) -> Tensor:
+        """scale · B A (out, in) in float32: what merging adds to the base weight."""
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add scale · B A into base.weight in place (float32 maths, cast back); no-op if merged."""
+        if not self.merged:
+            weight = self.base.weight
+            weight.copy_(weight.float() + self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract scale · B A from base.weight again (exact up to float rounding); no-op if not merged."""
+        if self.merged:
+            weight = self.base.weight
+            weight.copy_(weight.float() - self.delta_weight())
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}"
+
+
+def _adapters(model: nn.Module) -> dict[str, LoraLinear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoraLinear)}
+
+
+def _target_names(model: Transformer, targets: tuple[str, ...]) -> list[str]:
+    """Names of the plain linear layers inside the blocks that `targets` select (never lm_head)."""
+    suffixes = LINEAR_TARGETS if ALL_LINEAR in targets else targets
+    return [
+        name
+        for name, module in model.model.layers.named_modules(prefix="model.layers")
+        if isinstance(module, nn.Linear) and name.rpartition(".")[2] in suffixes
+    ]
+
+
+def _refuse_adapted(model: nn.Module) -> None:
+    if adapted := list(_adapters(model)):
+        raise ForgeError(
+            f"the model already has LoRA adapters ({adapted[0]}, ...); "
+            "call merge_lora(model) first, or start from a fresh base model"
+        )
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def apply_lora(model: Transformer, config: LoraConfig) -> list[str]:
+    """Wrap the targeted linear layers in `LoraLinear` in place and freeze every other parameter.
+
+    Returns the wrapped modules' names in model order. Adapters are initialised from torch's global RNG.
+    Raises `ForgeError` if the model already has adapters.
+    """
+    _refuse_adapted(model)
+    model.requires_grad_(False)
+    names = _target_names(model, config.targets)
+    for name in names:
+        base = model.get_submodule(name)
+        assert isinstance(base, nn.Linear)
+        _replace(model, name, LoraLinear(base, rank=config.rank, alpha=config.alpha, dropout=config.dropout))
+    return names
+
+
+def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The adapter parameters by state-dict name (`model.layers.0.self_attn.q_proj.lora_A`, ...)."""
+    return {
+        f"{name}.{kind}": getattr(module, kind)
+        for name, module in _adapters(model).items()
+        for kind in ("lora_A", "lora_B")
+    }
+
+
+def trainable_fraction(model: nn.Module) -> float:
+    """Trainable parameters / all parameters (adapters included, a tied matrix counted once)."""
+    params = list(model.parameters())  # shared (tied) parameters are listed once
+    return sum(p.numel() for p in params if p.requires_grad) / sum(p.numel() for p in params)
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every adapter into its base weight and put the plain `nn.Linear` back, in place.
+
+    The model is then an ordinary `Transformer` (usual state-dict keys, `save_model` works). Its parameters
+    stay frozen: call `model.requires_grad_(True)` to train all of them.
+    """
+    for name, module in _adapters(model).items():
+        module.merge()
+        _replace(model, name, module.base)
+
+
+def save_adapter(
+    model: nn.Module, directory: str | Path, config: LoraConfig, *, base_model: str | None = None
+) -> None:
+    """Write the adapter alone: `adapter_model.safetensors` (float32) and `adapter_config.json`.
+
+    `config` is the one given to `apply_lora`; `base_model` (e.g. the base run directory) is recorded as a
+    note for whoever loads the adapter.
+    """
+    adapters = _adapters(model)
+    if not adapters:
+        raise ValueError("the model has no LoRA adapters to save; call apply_lora first")
+    if any(m.rank != config.rank or m.scale != config.scale for m in adapters.values()):
+        raise ValueError("config does not match the adapters on the model (rank or alpha differ)")
+    directory = Path(directory)
+    weights = {
+        name: p.detach().to("cpu", torch.float32).contiguous() for name, p in lora_parameters(model).items()
+    }
+    write_with(
+        directory / ADAPTER_WEIGHTS_NAME, lambda tmp: save_file(weights, str(tmp), metadata={"format": "pt"})
+    )
+    meta = {
+        "rank": config.rank,
+        "alpha": config.alpha,
+        "dropout": config.dropout,
+        "targets": list(config.targets),
+        "modules": list(adapters),
+        "base_model": base_model,
+        "forge_version": __version__,
+    }
+    write_json(directory / ADAPTER_CONFIG_NAME, meta)
+
+
+def load_adapter_config(directory: str | Path) -> LoraConfig:
+    """The `LoraConfig` saved in `directory/adapter_config.json`."""
+    path = Path(directory) / ADAPTER_CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; pass an adapter directory written by save_adapter")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        return LoraConfig(
+            rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=tuple(meta["targets"])
+        )
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is damaged") from e
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{path}: missing or malformed field {e}; was it written by save_adapter?"
+        ) from e
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: invalid adapter config: {e}") from e
+
+
+def _check_adapter(path: Path, weights: dict[str, Tensor], model: Transformer, config: LoraConfig) -> None:
+    """Raise `CheckpointError` unless `weights` are exactly the adapters `apply_lora` would add to `model`."""
+    expected: dict[str, tuple[int, ...]] = {}
+    for name in _target_names(model, config.targets):
+        base = model.get_submodule(name)
+        assert isinstance(base, nn.Linear)
+        expected[f"{name}.lora_A"] = (config.rank, base.in_features)
+        expected[f"{name}.lora_B"] = (base.out_features, config.rank)
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: adapter tensors do not match this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); was the adapter trained on this base model?"
+        )
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(weights[name].shape)}, this model needs {shape}; "
+                "the adapter was trained on a different base model"
+            )
+
+
+def load_adapter(model: Transformer, directory: str | Path) -> LoraConfig:
+    """Apply the adapter saved in `directory` to `model` (a plain base model) and return its config.
+
+    Names and shapes are checked before the model is touched; a mismatch raises `CheckpointError`
+    naming the file and the first tensor that does not fit.
+    """
+    _refuse_adapted(model)
+    config = load_adapter_config(directory)
+    path = Path(directory) / ADAPTER_WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found; the adapter directory is incomplete")
+    device = next(model.parameters()).device
+    try:
+        weights = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({e}); the file is damaged") from e
+    _check_adapter(path, weights, model, config)
+    apply_lora(model, config)
+    with torch.no_grad():
+        for name, param in lora_parameters(model).items():
+            param.copy_(weights[name])
+    return config
