@@ -51,11 +51,11 @@ def main() -> None:
               "batch_size": args.batch_size, "eval_every": 0, "checkpoint_every": 0, "log_every": 25,
               "threads": available_cores()}  # fmt: skip
     runs = {
-        "full": SftConfig(out=str(out / "full"), lr=3e-4, **common),  # type: ignore[arg-type]
+        "full": SftConfig(out=str(out / "full"), lr=3e-4, **common),
         "lora": SftConfig(
             out=str(out / "lora"),
             lr=2e-3,
-            lora=True,  # type: ignore[arg-type]
+            lora=True,
             adapter=LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=("all-linear",)),
             **common,
         ),  # fmt: skip

@@ -90,6 +90,20 @@ class Transformer(nn.Module):
         segments: Tensor | None = None,
     ) -> Tensor:
         """input_ids (B, T) at `positions` (B, T), default 0..T-1 → logits (B, T, vocab_size) in float32.
+        The options are those of `hidden_states`."""
+        hidden = self.hidden_states(input_ids, positions=positions, cache=cache, segments=segments)
+        return self.lm_head(hidden).float()  # (B, T, V)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        *,
+        positions: Tensor | None = None,
+        cache: KVCacheLike | None = None,
+        segments: Tensor | None = None,
+    ) -> Tensor:
+        """The final normalised hidden states (B, T, dim), which `lm_head` turns into logits (a reward or
+        value head reads them too).
 
         With `cache`, new keys/values are stored at `positions` and every query attends to the cached slots
         at or before its own position. With `segments` (B, T), several sequences packed in one row are
@@ -120,8 +134,7 @@ class Transformer(nn.Module):
                 )
             else:
                 x = block(x, cos, sin, cache=cache, layer=layer, positions=positions, attn_mask=attn_mask)
-        x = self.model.norm(x)
-        return self.lm_head(x).float()  # (B, T, V)
+        return self.model.norm(x)  # (B, T, C)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (a tied matrix once); `exclude_embeddings` drops embedding and untied lm_head."""

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from forge.errors import ConfigError
+from forge.errors import CheckpointError, ConfigError
 from forge.io import write_text
-from forge.train.checkpoint import save_checkpoint
+from forge.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
 from forge.train.optim import lr_multiplier, set_lr
@@ -143,6 +143,21 @@ class TrainState:
         by_steps = self.step / config.max_steps
         by_time = self.elapsed_s / (60 * config.max_minutes) if config.max_minutes else 0.0
         return max(by_steps, by_time)
+
+
+def resume_training(
+    run_dir: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any
+) -> tuple[TrainState, Path]:
+    """Restore model, optimizer, RNG and the data loader (`data.load_state_dict`) from the run's newest
+    valid checkpoint; returns the training state to continue from and the checkpoint used."""
+    checkpoint = find_resumable(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"--resume: no valid checkpoint in {Path(run_dir) / 'checkpoints'}")
+    saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
+    state = TrainState(**saved["train_state"])
+    state.interrupted = False
+    data.load_state_dict(saved["data"])
+    return state, checkpoint
 
 
 def next_token_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -352,7 +367,11 @@ def _log_eval(
     # the whole-split evaluation; periodic ones read only --eval-batches batches
     record = {"step": state.step, "tokens": state.tokens, "val_final": final}
     log.log(record | {f"val_{k}": v for k, v in result.items()})
-    message = f"step {state.step}: val loss {result['loss']:.4f}, val bits/byte {result['bpb']:.4f}"
+    message = f"step {state.step}: val loss {result['loss']:.4f}" + "".join(
+        f", val {key.replace('bpb', 'bits/byte')} {value:.4f}"
+        for key, value in result.items()
+        if key != "loss" and isinstance(value, float)
+    )
     if not show:
         return
     if bar is not None:

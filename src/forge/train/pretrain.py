@@ -37,10 +37,9 @@ from forge.model.io import load_config, load_model, save_model
 from forge.model.transformer import Transformer
 from forge.runtime import available_cores, resolve_device, seed_everything, set_threads
 from forge.tokenizer.bpe import Tokenizer
-from forge.train.checkpoint import find_resumable, load_checkpoint
 from forge.train.distributed import World, close_world, full_state, init_world, unwrap, wrap_model
 from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
-from forge.train.loop import TrainConfig, TrainState, train
+from forge.train.loop import TrainConfig, TrainState, resume_training, train
 from forge.train.metrics import MetricsLog, plot_losses, read_metrics
 from forge.train.mfu import measure_peak_flops
 from forge.train.optim import build_optimizer
@@ -274,13 +273,7 @@ def _pretrain(config: PretrainConfig, world: World, device: torch.device) -> dic
     )  # the next batches, assembled meanwhile
     state = TrainState()
     if config.resume:
-        checkpoint = find_resumable(run_dir)
-        if checkpoint is None:
-            raise CheckpointError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}")
-        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
-        state = TrainState(**saved["train_state"])
-        state.interrupted = False
-        loader.load_state_dict(saved["data"])
+        state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=loader)
         if world.is_main:
             print(f"resuming from {checkpoint} (step {state.step}, {state.tokens:,} tokens)")
     elif world.is_main:

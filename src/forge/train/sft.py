@@ -31,16 +31,15 @@ from torch import nn
 
 from forge.config import to_dict
 from forge.data.shards import TokenShards, iter_eval_batches
-from forge.errors import CheckpointError, ConfigError
+from forge.errors import ConfigError
 from forge.io import write_json, write_text
 from forge.model.io import load_model, save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, save_adapter, trainable_fraction
 from forge.model.transformer import Transformer
 from forge.runtime import resolve_device, seed_everything, set_threads
 from forge.tokenizer.bpe import Tokenizer
-from forge.train.checkpoint import find_resumable, load_checkpoint
 from forge.train.evaluate import evaluate
-from forge.train.loop import TrainConfig, TrainState, train
+from forge.train.loop import TrainConfig, TrainState, resume_training, train
 from forge.train.metrics import plot_losses
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
@@ -198,13 +197,7 @@ def sft(config: SftConfig) -> dict[str, Any]:
     loader = RowLoader(rows, config.batch_size, seed=config.seed)
     state = TrainState()
     if config.resume:
-        checkpoint = find_resumable(run_dir)
-        if checkpoint is None:
-            raise CheckpointError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}")
-        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
-        state = TrainState(**saved["train_state"])
-        state.interrupted = False
-        loader.load_state_dict(saved["data"])
+        state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=loader)
         print(f"resuming from {checkpoint} (step {state.step})")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,250 @@
+"""Alignment on the synthetic standard-library preferences: reward model, DPO and PPO, judged on held-out
+prompts, in one run.
+
+1. Pairs: two answers sampled from the SFT policy (temperature 1) for each of `--prompts` instructions
+   of the synth-sft training set, judged by the readable rule of `forge.align.rule` (valid Python that
+   defines the asked name, ends, does not repeat itself), which stands in for people. Pairs the rule
+   cannot separate are skipped.
+2. The pairs are split in two halves by prompt: A trains the reward model that DPO data and PPO optimise
+   against (RM-A, its accuracy measured on B), B trains a second reward model, the judge (RM-B, its
+   accuracy measured on A), never optimised against.
+3. DPO from the SFT policy on A (reference: the SFT policy); PPO from the SFT policy with RM-A on A's
+   prompts, KL penalty to the SFT policy.
+4. Held-out: `--eval-prompts` instructions of the synth-sft validation set (modules never seen). Each
+   policy answers each with the same seed (temperature 0.7); the judge scores every answer; a policy
+   wins a prompt when the judge scores its answer above the SFT policy's (a tie counts half). The rule
+   gives each policy's pass rate, and KL to the SFT policy is the mean over answers of the summed
+   log-ratio of the policy's own sampled tokens (the k1 estimate).
+
+    python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
+"""
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forge.align.dpo import DpoConfig, dpo
+from forge.align.formats import read_prompts
+from forge.align.losses import token_logprobs
+from forge.align.ppo import PpoConfig, ppo
+from forge.align.reward import RewardConfig, load_reward_model, score_answers, train_reward_model
+from forge.align.rule import judge
+from forge.align.sample_pairs import PairConfig, sample_pairs, synthesize
+from forge.infer.batch import generate_batch
+from forge.infer.sampling import SamplingConfig
+from forge.model.io import load_model
+from forge.model.transformer import Transformer
+from forge.runtime import available_cores, set_threads
+from forge.tokenizer.bpe import Tokenizer
+from forge.tokenizer.chat import render
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "align.json"
+
+
+def _half(prompt: Any) -> str:
+    digest = hashlib.blake2b(json.dumps(prompt, sort_keys=True).encode(), digest_size=8).digest()
+    return "A" if digest[0] % 2 == 0 else "B"
+
+
+def split_pairs(path: Path, out: Path) -> dict[str, Path]:
+    """Write the pairs of `path` into A.jsonl and B.jsonl by a hash of the prompt."""
+    halves: dict[str, list[str]] = {"A": [], "B": []}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            halves[_half(json.loads(line)["prompt"])].append(line)
+    paths = {}
+    for name, lines in halves.items():
+        paths[name] = out / f"{name}.jsonl"
+        paths[name].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+@torch.no_grad()
+def answer(
+    model: Transformer, tokenizer: Tokenizer, prompts: list, max_new_tokens: int
+) -> list[tuple[str, bool, list[int]]]:
+    """(text, ended, answer ids) per prompt, sampled at temperature 0.7 with seed = prompt index."""
+    ids = [render(tokenizer, p, add_generation_prompt=True)[0] for p in prompts]
+    configs = [
+        SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens, seed=i) for i in range(len(ids))
+    ]
+    out = []
+    for start in range(0, len(ids), 16):
+        done = generate_batch(
+            model,
+            ids[start : start + 16],
+            configs[start : start + 16],
+            eos_ids=(tokenizer.end_of_turn_id,),
+            token_bytes=tokenizer.token_bytes(),
+        )
+        out += [(c.text, c.finish_reason == "stop", c.token_ids) for c in done]
+    return out
+
+
+@torch.no_grad()
+def kl_to(
+    policy: Transformer, reference: Transformer, tokenizer: Tokenizer, prompts: list, answers: list
+) -> float:
+    """Mean over answers of Σ_t log π(a_t) − log π_ref(a_t) on the policy's own samples (k1)."""
+    total = 0.0
+    for prompt, (_, _, answer_ids) in zip(prompts, answers, strict=True):
+        context = render(tokenizer, prompt, add_generation_prompt=True)[0]
+        ids = torch.tensor([context + answer_ids])
+        targets = ids[:, 1:]
+        start = len(context) - 1
+        lp = token_logprobs(policy(ids[:, :-1]), targets)[0, start:]
+        lr = token_logprobs(reference(ids[:, :-1]), targets)[0, start:]
+        total += float((lp - lr).sum())
+    return total / max(len(prompts), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sft", default=str(ROOT / "demo_out" / "runs" / "sft"), help="SFT policy run")
+    parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
+    parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_align"), help="where the runs go")
+    parser.add_argument("--prompts", type=int, default=600, help="training instructions to sample pairs for")
+    parser.add_argument("--eval-prompts", type=int, default=100, help="held-out instructions to judge")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    parser.add_argument("--reward-steps", type=int, default=80, help="steps of each reward model")
+    parser.add_argument("--dpo-steps", type=int, default=80, help="DPO steps")
+    parser.add_argument("--ppo-steps", type=int, default=96, help="PPO minibatch updates")
+    args = parser.parse_args()
+    threads = set_threads(available_cores())
+    sft_run, data, out = Path(args.sft), Path(args.data), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    common = {"progress": False, "threads": threads, "eval_every": 0, "checkpoint_every": 0}
+
+    start = time.perf_counter()
+    policy, tokenizer = load_model(sft_run), Tokenizer.load(sft_run / "tokenizer")
+    train_prompts = [p for p in read_prompts(data / "train.jsonl") if "function" in p[-1]["content"]]
+    train_prompts = train_prompts[: args.prompts]
+    pairs, skipped = sample_pairs(
+        policy, tokenizer, train_prompts, PairConfig(max_new_tokens=args.max_new_tokens), model_id="sft"
+    )
+    prefs = out / "prefs.jsonl"
+    pair_report = synthesize(pairs, prefs, prompts=len(train_prompts), skipped=skipped)
+    halves = split_pairs(prefs, out)
+    seconds["pairs"] = time.perf_counter() - start
+    print(f"pairs: {json.dumps(pair_report)[:400]}", flush=True)
+
+    start = time.perf_counter()
+    rm = {
+        name: train_reward_model(
+            RewardConfig(
+                base=str(sft_run),
+                data=str(halves[name]),
+                val_data=str(halves["B" if name == "A" else "A"]),
+                out=str(out / f"rm_{name}"),
+                max_steps=args.reward_steps,
+                **common,
+            )
+        )
+        for name in ("A", "B")
+    }
+    seconds["reward_models"] = time.perf_counter() - start
+    start = time.perf_counter()
+    dpo_summary = dpo(
+        DpoConfig(
+            policy=str(sft_run),
+            data=str(halves["A"]),
+            val_data=str(halves["B"]),
+            out=str(out / "dpo"),
+            max_steps=args.dpo_steps,
+            **common,
+        )
+    )
+    seconds["dpo"] = time.perf_counter() - start
+    prompts_a = out / "prompts_A.jsonl"
+    prompts_a.write_text(
+        "".join(
+            json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
+            for line in halves["A"].read_text().splitlines()
+            if line.strip()
+        )
+    )
+    start = time.perf_counter()
+    ppo_summary = ppo(
+        PpoConfig(
+            policy=str(sft_run),
+            reward=str(out / "rm_A"),
+            prompts=str(prompts_a),
+            out=str(out / "ppo"),
+            max_steps=args.ppo_steps,
+            lr=3e-5,
+            max_new_tokens=args.max_new_tokens,
+            progress=False,
+            threads=threads,
+        )
+    )
+    seconds["ppo"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    held_out = [p for p in read_prompts(data / "val.jsonl") if "function" in p[-1]["content"]][
+        : args.eval_prompts
+    ]
+    judge_model = load_reward_model(out / "rm_B")
+    policies = {"sft": policy, "dpo": load_model(out / "dpo"), "ppo": load_model(out / "ppo")}
+    answers = {
+        name: answer(model, tokenizer, held_out, args.max_new_tokens) for name, model in policies.items()
+    }
+    scores = {
+        name: score_answers(judge_model, tokenizer, [(p, a[0]) for p, a in zip(held_out, ans, strict=True)])
+        for name, ans in answers.items()
+    }
+    rule_pass = {
+        name: sum(judge(p, a[0], finished=a[1]).passes for p, a in zip(held_out, ans, strict=True))
+        / len(held_out)
+        for name, ans in answers.items()
+    }
+    wins = {
+        name: sum(
+            1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores[name], scores["sft"], strict=True)
+        )
+        / len(held_out)
+        for name in ("dpo", "ppo")
+    }
+    kl = {name: kl_to(policies[name], policy, tokenizer, held_out, answers[name]) for name in ("dpo", "ppo")}
+    seconds["evaluation"] = time.perf_counter() - start
+
+    summary = {
+        "reward_model_accuracy": rm["A"]["val_accuracy_after"],
+        "judge_accuracy": rm["B"]["val_accuracy_after"],
+        "dpo_win_rate": round(wins["dpo"], 4),
+        "ppo_win_rate": round(wins["ppo"], 4),
+        "dpo_kl": round(kl["dpo"], 4),
+        "ppo_kl": round(kl["ppo"], 4),
+        "rule_pass_rate_sft": round(rule_pass["sft"], 4),
+        "rule_pass_rate_dpo": round(rule_pass["dpo"], 4),
+        "rule_pass_rate_ppo": round(rule_pass["ppo"], 4),
+    }
+    examples = [
+        {"prompt": held_out[i][-1]["content"], **{n: answers[n][i][0] for n in answers}} for i in range(3)
+    ]
+    payload = {
+        "summary": summary,
+        "pairs": pair_report,
+        "reward_models": rm,
+        "dpo": dpo_summary,
+        "ppo": ppo_summary,
+        "held_out_prompts": len(held_out),
+        "examples": examples,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "threads": threads,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

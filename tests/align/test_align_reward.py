@@ -1,0 +1,154 @@
+"""Reward model: the score is read at each sequence's last token, the held-out split keeps prompts apart, a
+tiny model learns a separable preference set, every weight trains, and the run directory round-trips."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from forge.align.pairs import encode_pairs, split_pairs
+from forge.align.reward import (
+    RewardConfig,
+    RewardModel,
+    ScoreConfig,
+    load_reward_model,
+    score_answers,
+    score_file,
+    train_reward_model,
+)
+from forge.model.config import ModelConfig
+from forge.model.io import load_model, save_model
+from forge.model.transformer import Transformer
+from forge.runtime import seed_everything
+from forge.tokenizer.bpe import Tokenizer, TokenizerConfig, train_tokenizer
+
+CONFIG = ModelConfig(vocab_size=320, context_length=64, dim=48, num_layers=2, num_heads=4, num_kv_heads=2)
+THINGS = ["apple", "river", "stone", "cloud", "tiger", "lamp", "bread", "ship", "garden", "clock"]
+
+
+def preference_pairs() -> list[dict]:
+    """Answers are random words; the chosen one says "thanks" somewhere, the rejected one does not. Only
+    that token separates them, so an untrained model is near chance."""
+    rng = random.Random(0)
+    pairs = []
+    for i in range(40):
+        prompt = f"tell me about the {THINGS[i % len(THINGS)]}, number {i}."
+        chosen, rejected = rng.choices(THINGS, k=5), rng.choices(THINGS, k=5)
+        chosen.insert(rng.randrange(6), "thanks")
+        pairs.append({"prompt": prompt, "chosen": " ".join(chosen), "rejected": " ".join(rejected)})
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    texts = [" ".join(pair.values()) for pair in preference_pairs()] * 5
+    return train_tokenizer(texts, TokenizerConfig(vocab_size=300))
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
+    torch.manual_seed(0)
+    run = tmp_path_factory.mktemp("base")
+    save_model(Transformer(CONFIG), run)
+    tokenizer.save(run / "tokenizer")
+    return run
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in preference_pairs()))
+    return path
+
+
+def _config(base: Path, data: Path, out: Path, **options: object) -> RewardConfig:
+    values: dict = {"max_steps": 30, "lr": 1e-3, "batch_size": 8, "warmup_steps": 5, "val_fraction": 0.3,
+                    "eval_every": 0, "log_every": 10, "checkpoint_every": 0, "progress": False,
+                    "threads": 1, **options}  # fmt: skip
+    return RewardConfig(base=str(base), data=str(data), out=str(out), **values)
+
+
+@pytest.fixture(scope="module")
+def trained(base_run: Path, prefs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("runs") / "reward"
+    return out, train_reward_model(_config(base_run, prefs, out))
+
+
+def test_the_reward_is_read_at_the_last_token_whatever_the_padding() -> None:
+    model = RewardModel(Transformer(CONFIG)).eval()
+    short, long = torch.tensor([5, 6, 7]), torch.tensor([5, 6, 7, 8, 9, 10])
+    padded = torch.stack([torch.cat([short, torch.zeros(3, dtype=torch.long)]), long])
+    with torch.no_grad():
+        together = model(padded, torch.tensor([3, 6]))
+        alone = torch.cat([model(short[None], torch.tensor([3])), model(long[None], torch.tensor([6]))])
+    assert together.shape == (2,)
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_the_held_out_split_keeps_each_prompt_on_one_side() -> None:
+    pairs = [{"prompt": [{"role": "user", "content": f"q{i % 7}"}], "chosen": "a", "rejected": "b"}
+             for i in range(70)]  # fmt: skip
+    train, val = split_pairs(pairs, 0.3, seed=0)
+    assert len(train) + len(val) == 70 and val and train
+    assert not {p["prompt"][0]["content"] for p in train} & {p["prompt"][0]["content"] for p in val}
+    assert split_pairs(list(reversed(pairs)), 0.3, seed=0)[1] == list(reversed(val))  # order-free
+
+
+def test_pairs_longer_than_the_context_are_counted_not_cut(tokenizer: Tokenizer) -> None:
+    pairs = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": "apple " * n, "rejected": "no"}
+             for n in (2, 200)]  # fmt: skip
+    encoded, too_long = encode_pairs(tokenizer, pairs, seq_len=64)
+    assert (len(encoded), too_long) == (1, 1)
+    assert encoded.chosen[0][-1] == tokenizer.end_of_turn_id
+
+
+def test_the_reward_model_learns_separable_preferences(trained: tuple[Path, dict], base_run: Path) -> None:
+    out, summary = trained
+    assert summary["val_pairs"] >= 8 and summary["train_pairs"] >= 20
+    assert summary["val_accuracy_before"] < 0.7 and summary["val_accuracy_after"] >= 0.9
+    assert summary["val_margin_after"] > summary["val_margin_before"] + 1
+    assert (out / "loss.png").is_file() and "accuracy" in (out / "report.md").read_text()
+    seed_everything(0)  # the run's seed: the same draws give the head the run started from
+    initial = RewardModel(load_model(base_run))
+    final = load_reward_model(out)
+    for (name, before), (_, after) in zip(initial.named_parameters(), final.named_parameters(), strict=True):
+        assert not torch.equal(before, after), f"{name} did not train"
+
+
+def test_a_saved_reward_model_scores_as_before_saving(
+    trained: tuple[Path, dict], tokenizer: Tokenizer
+) -> None:
+    out, _ = trained
+    model = load_reward_model(out)
+    body = load_model(out)  # the body is an ordinary model file (tied embeddings: no lm_head needed)
+    assert torch.equal(body.model.norm.weight, model.body.model.norm.weight)
+    items = [("tell me about the lamp.", "lamp ship thanks clock bread"),
+             ("tell me about the lamp.", "lamp ship river clock bread")]  # fmt: skip
+    good, bad = score_answers(model, tokenizer, items)
+    assert good > bad
+    assert score_answers(load_reward_model(out), tokenizer, items) == [good, bad]
+
+
+def test_score_file_scores_answers_and_pairs(trained: tuple[Path, dict], prefs: Path, tmp_path: Path) -> None:
+    out, _ = trained
+    result = score_file(
+        ScoreConfig(run=str(out), data=str(prefs), out=str(tmp_path / "scored.jsonl"), threads=1)
+    )
+    assert result["pairs"] == 40 and result["accuracy"] >= 0.9
+    assert "chosen_score" in json.loads((tmp_path / "scored.jsonl").read_text().splitlines()[0])
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "tell me about the ship.", "answer": "thanks tiger"}) + "\n")
+    assert score_file(ScoreConfig(run=str(out), data=str(answers), threads=1))["answers"] == 1
+
+
+def test_a_resumed_reward_run_ends_with_the_same_weights(base_run: Path, prefs: Path, tmp_path: Path) -> None:
+    train_reward_model(_config(base_run, prefs, tmp_path / "straight", max_steps=4))
+    train_reward_model(_config(base_run, prefs, tmp_path / "split", max_steps=2, checkpoint_every=2))
+    train_reward_model(
+        _config(base_run, prefs, tmp_path / "split", max_steps=4, checkpoint_every=2, resume=True)
+    )
+    straight, split = load_reward_model(tmp_path / "straight"), load_reward_model(tmp_path / "split")
+    for (name, a), (_, b) in zip(straight.state_dict().items(), split.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
