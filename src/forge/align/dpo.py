@@ -23,7 +23,6 @@ Design choices:
 """
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +49,8 @@ from forge.io import write_json, write_text
 from forge.model.io import load_model, save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, save_adapter, trainable_fraction
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, seed_everything, set_threads
 from forge.tokenizer.bpe import Tokenizer
-from forge.train.loop import TrainConfig, TrainState, resume_training, train
+from forge.train.loop import TrainConfig, TrainState, load_start, open_run, start_or_resume, train
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
 
@@ -172,21 +170,8 @@ def dpo_metrics(policy: Tensor, reference: Tensor, config: DpoConfig) -> dict[st
 def dpo(config: DpoConfig) -> dict[str, Any]:
     """Align the policy as configured; return the summary (also `summary.json` in the run directory)."""
     started = time.perf_counter()
-    threads = set_threads(config.threads or None)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if not config.resume and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    policy = load_model(config.policy, device=device)
-    tokenizer = Tokenizer.load(Path(config.policy) / "tokenizer")
-    seq_len = config.seq_len or policy.config.context_length
-    if seq_len > policy.config.context_length:
-        raise ConfigError(
-            f"--seq-len {seq_len} exceeds the model's context length {policy.config.context_length}"
-        )
+    run_dir, device, threads = open_run(config, config.out, resume=config.resume)
+    policy, tokenizer, seq_len = load_start(config.policy, device, config.seq_len)
     train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.seed)
     train_encoded, too_long = encode_pairs(tokenizer, train_pairs, seq_len=seq_len + 1)  # inputs: seq_len
     val_encoded, val_too_long = encode_pairs(tokenizer, val_pairs, seq_len=seq_len + 1)
@@ -225,7 +210,9 @@ def dpo(config: DpoConfig) -> dict[str, Any]:
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(policy):.2f}% of the weights train")
     optimizer = build_optimizer(policy, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip
-    state = _start(config, run_dir, policy, optimizer, loader, tokenizer)
+    state = start_or_resume(
+        run_dir, resume=config.resume, model=policy, optimizer=optimizer, data=loader, tokenizer=tokenizer
+    )
     print(f"dpo: {len(train_encoded):,} training pairs, {len(val_encoded):,} held out "
           f"({too_long + val_too_long:,} longer than {seq_len + 1} tokens left out); "
           "reference log-probs computed once")  # fmt: skip
@@ -251,22 +238,6 @@ def dpo(config: DpoConfig) -> dict[str, Any]:
     print(f"held-out reward accuracy {before['accuracy']:.3f} → {after['accuracy']:.3f}, "
           f"margin {before['margin']:.3f} → {after['margin']:.3f} → {run_dir}")  # fmt: skip
     return summary
-
-
-def _start(
-    config: DpoConfig, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-    loader: PairLoader, tokenizer: Tokenizer,
-) -> TrainState:  # fmt: skip
-    """A fresh run directory (with the tokenizer), or the state of the checkpoint to resume."""
-    if config.resume:
-        state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=loader)
-        print(f"resuming from {checkpoint} (step {state.step})")
-        return state
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "tokenizer").exists():
-        shutil.rmtree(run_dir / "tokenizer")
-    tokenizer.save(run_dir / "tokenizer")
-    return TrainState()
 
 
 def _summary(

@@ -37,7 +37,6 @@ Design choices:
 """
 
 import hashlib
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,18 +64,16 @@ from forge.align.losses import (
 from forge.align.ppo_report import before_and_after, plot_ppo, ppo_report
 from forge.align.value_head import PolicyWithValue
 from forge.config import to_dict
-from forge.errors import CheckpointError, ConfigError, DataError
+from forge.errors import ConfigError, DataError
 from forge.infer.batch import Completion, generate_batch
 from forge.infer.sampling import SamplingConfig
 from forge.io import write_json, write_text
 from forge.model.io import load_model, save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, trainable_fraction
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, seed_everything, set_threads
 from forge.tokenizer.bpe import Tokenizer
 from forge.tokenizer.chat import render
-from forge.train.checkpoint import find_resumable, load_checkpoint
-from forge.train.loop import Batch, TrainConfig, TrainState, train
+from forge.train.loop import Batch, TrainConfig, TrainState, open_run, start_or_resume, train
 from forge.train.metrics import MetricsLog, read_metrics
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
@@ -458,14 +455,7 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
     `--reward` (a rule-based reward, a test's stand-in).
     """
     started = time.perf_counter()
-    threads = set_threads(config.threads or None)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if not config.resume and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
+    run_dir, device, threads = open_run(config, config.out, resume=config.resume)
     model, reference, reward_model = _load_models(config, reward_model, device)
     tokenizer = Tokenizer.load(Path(config.policy) / "tokenizer")
     room = model.config.context_length - config.max_new_tokens
@@ -523,27 +513,28 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
     return summary
 
 
+class _Resumed:
+    """Receives a checkpoint's data state: the next rollout's number and β."""
+
+    def __init__(self) -> None:
+        self.iteration, self.kl_coef = 0, None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration, self.kl_coef = state["iteration"], state["kl_coef"]
+
+
 def _start(
     config: PpoConfig, run_dir: Path, model: PolicyWithValue, optimizer: torch.optim.Optimizer,
     controller: AdaptiveKLController | FixedKLController, tokenizer: Tokenizer,
 ) -> tuple[TrainState, int]:  # fmt: skip
-    """A fresh run directory, or the newest checkpoint restored (model, optimizer, β); returns the loop
-    state and the next rollout's number."""
-    if not config.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "tokenizer").exists():
-            shutil.rmtree(run_dir / "tokenizer")
-        tokenizer.save(run_dir / "tokenizer")
-        return TrainState(), 0
-    checkpoint = find_resumable(run_dir)
-    if checkpoint is None:
-        raise CheckpointError(f"--resume: no valid checkpoint in {run_dir / 'checkpoints'}")
-    saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer)
-    state = TrainState(**saved["train_state"])
-    state.interrupted = False
-    controller.value = saved["data"]["kl_coef"]
-    print(f"resuming from {checkpoint} (step {state.step}) with a fresh rollout")
-    return state, saved["data"]["iteration"]
+    """A fresh run directory, or the newest checkpoint restored (model, optimizer, β) to continue with a
+    fresh rollout; returns the loop state and the next rollout's number."""
+    resumed = _Resumed()
+    state = start_or_resume(run_dir, resume=config.resume, model=model, optimizer=optimizer, data=resumed,
+                            tokenizer=tokenizer)  # fmt: skip
+    if resumed.kl_coef is not None:
+        controller.value = resumed.kl_coef
+    return state, resumed.iteration
 
 
 def _save(model: PolicyWithValue, run_dir: Path, config: PpoConfig) -> None:

@@ -22,7 +22,6 @@ Design choices:
 
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -51,11 +50,11 @@ from forge.align.pairs import (
 from forge.config import to_dict
 from forge.errors import CheckpointError, ConfigError, DataError
 from forge.io import write_json, write_text, write_with
-from forge.model.io import CONFIG_NAME, WEIGHTS_NAME, load_config, load_model
+from forge.model.io import CONFIG_NAME, WEIGHTS_NAME, load_config
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, seed_everything, set_threads
+from forge.runtime import resolve_device, set_threads
 from forge.tokenizer.bpe import Tokenizer
-from forge.train.loop import TrainConfig, TrainState, resume_training, train
+from forge.train.loop import TrainConfig, TrainState, load_start, open_run, start_or_resume, train
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
 
@@ -188,21 +187,8 @@ def preference_metrics(chosen: Tensor, rejected: Tensor, margin: float = 0.0) ->
 def train_reward_model(config: RewardConfig) -> dict[str, Any]:
     """Train a reward model as configured; return the summary (also `summary.json` in the run directory)."""
     started = time.perf_counter()
-    threads = set_threads(config.threads or None)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if not config.resume and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    body = load_model(config.base, device=device)
-    tokenizer = Tokenizer.load(Path(config.base) / "tokenizer")
-    seq_len = config.seq_len or body.config.context_length
-    if seq_len > body.config.context_length:
-        raise ConfigError(
-            f"--seq-len {seq_len} exceeds the model's context length {body.config.context_length}"
-        )
+    run_dir, device, threads = open_run(config, config.out, resume=config.resume)
+    body, tokenizer, seq_len = load_start(config.base, device, config.seq_len)
     model = RewardModel(body).to(device)
     train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.seed)
     train_encoded, too_long = encode_pairs(tokenizer, train_pairs, seq_len=seq_len)
@@ -229,7 +215,9 @@ def train_reward_model(config: RewardConfig) -> dict[str, Any]:
     before = measure()
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip
-    state = _start(config, run_dir, model, optimizer, loader, tokenizer)
+    state = start_or_resume(
+        run_dir, resume=config.resume, model=model, optimizer=optimizer, data=loader, tokenizer=tokenizer
+    )
     print(f"reward model: {len(train_encoded):,} training pairs, {len(val_encoded):,} held out "
           f"({too_long + val_too_long:,} longer than {seq_len} tokens left out); "
           f"held-out accuracy before training {before['accuracy']:.3f}")  # fmt: skip
@@ -250,22 +238,6 @@ def train_reward_model(config: RewardConfig) -> dict[str, Any]:
     print(f"held-out accuracy {before['accuracy']:.3f} → {after['accuracy']:.3f}, "
           f"mean margin {before['margin']:.3f} → {after['margin']:.3f} → {run_dir}")  # fmt: skip
     return summary
-
-
-def _start(
-    config: RewardConfig, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-    loader: PairLoader, tokenizer: Tokenizer,
-) -> TrainState:  # fmt: skip
-    """A fresh run directory (with the tokenizer), or the state of the checkpoint to resume."""
-    if not config.resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "tokenizer").exists():
-            shutil.rmtree(run_dir / "tokenizer")
-        tokenizer.save(run_dir / "tokenizer")
-        return TrainState()
-    state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=loader)
-    print(f"resuming from {checkpoint} (step {state.step})")
-    return state
 
 
 def _summary(

@@ -13,6 +13,7 @@ the steps since the last checkpoint, since checkpoints are written atomically.
 """
 
 import math
+import shutil
 import signal
 import threading
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +30,16 @@ from tqdm import tqdm
 
 from forge.errors import CheckpointError, ConfigError
 from forge.io import write_text
+from forge.runtime import resolve_device, seed_everything, set_threads
 from forge.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
 from forge.train.optim import lr_multiplier, set_lr
 from forge.train.precision import autocast
+
+if TYPE_CHECKING:
+    from forge.model.transformer import Transformer
+    from forge.tokenizer.bpe import Tokenizer
 
 # (inputs, targets, *extra): the extras (e.g. the segment ids of packed sequences) go to `loss_fn` too
 Batch = tuple[torch.Tensor, ...]
@@ -143,6 +149,52 @@ class TrainState:
         by_steps = self.step / config.max_steps
         by_time = self.elapsed_s / (60 * config.max_minutes) if config.max_minutes else 0.0
         return max(by_steps, by_time)
+
+
+def open_run(config: TrainConfig, out: str | Path, *, resume: bool) -> tuple[Path, torch.device, int]:
+    """Set threads, device and seed for a run writing to `out`; a run already there needs `resume`.
+    Returns the run directory, the device and the number of threads."""
+    threads = set_threads(config.threads or None)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    run_dir = Path(out)
+    if not resume and (run_dir / "checkpoints").is_dir():
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return run_dir, device, threads
+
+
+def load_start(
+    source: str | Path, device: torch.device, seq_len: int = 0
+) -> tuple["Transformer", "Tokenizer", int]:
+    """The model and tokenizer of run directory `source`, and the sequence length to train at: `seq_len`
+    (--seq-len), else the model's context, never more."""
+    from forge.model.io import load_model
+    from forge.tokenizer.bpe import Tokenizer
+
+    model = load_model(source, device=device)
+    tokenizer = Tokenizer.load(Path(source) / "tokenizer")
+    context = model.config.context_length
+    if seq_len > context:
+        raise ConfigError(f"--seq-len {seq_len} exceeds the model's context length {context}")
+    return model, tokenizer, seq_len or context
+
+
+def start_or_resume(
+    run_dir: Path, *, resume: bool, model: nn.Module, optimizer: torch.optim.Optimizer, data: Any,
+    tokenizer: "Tokenizer",
+) -> TrainState:  # fmt: skip
+    """A fresh run directory holding the tokenizer, or the state of the newest checkpoint restored."""
+    if resume:
+        state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=data)
+        print(f"resuming from {checkpoint} (step {state.step})")
+        return state
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "tokenizer").exists():
+        shutil.rmtree(run_dir / "tokenizer")
+    tokenizer.save(run_dir / "tokenizer")
+    return TrainState()
 
 
 def resume_training(

@@ -19,7 +19,6 @@ Design choices:
 
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,11 @@ from forge.config import to_dict
 from forge.data.shards import TokenShards, iter_eval_batches
 from forge.errors import ConfigError
 from forge.io import write_json, write_text
-from forge.model.io import load_model, save_model
+from forge.model.io import save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, save_adapter, trainable_fraction
 from forge.model.transformer import Transformer
-from forge.runtime import resolve_device, seed_everything, set_threads
-from forge.tokenizer.bpe import Tokenizer
 from forge.train.evaluate import evaluate
-from forge.train.loop import TrainConfig, TrainState, resume_training, train
+from forge.train.loop import TrainConfig, TrainState, load_start, open_run, start_or_resume, train
 from forge.train.metrics import plot_losses
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
@@ -143,21 +140,8 @@ def masked_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, segments: to
 def sft(config: SftConfig) -> dict[str, Any]:
     """Fine-tune as configured; return the summary (also `summary.json` in the run directory)."""
     started = time.perf_counter()
-    threads = set_threads(config.threads or None)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    run_dir = Path(config.out)
-    if not config.resume and (run_dir / "checkpoints").is_dir():
-        raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    model = load_model(config.base, device=device)
-    tokenizer = Tokenizer.load(Path(config.base) / "tokenizer")
-    seq_len = config.seq_len or model.config.context_length
-    if seq_len > model.config.context_length:
-        raise ConfigError(
-            f"--seq-len {seq_len} exceeds the model's context length {model.config.context_length}"
-        )
+    run_dir, device, threads = open_run(config, config.out, resume=config.resume)
+    model, tokenizer, seq_len = load_start(config.base, device, config.seq_len)
     train_examples, too_long = encode(tokenizer, read_conversations(config.data), seq_len=seq_len,
                                       train_on=config.train_on)  # fmt: skip
     rows = pack(
@@ -195,15 +179,8 @@ def sft(config: SftConfig) -> dict[str, Any]:
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip
     loader = RowLoader(rows, config.batch_size, seed=config.seed)
-    state = TrainState()
-    if config.resume:
-        state, checkpoint = resume_training(run_dir, model=model, optimizer=optimizer, data=loader)
-        print(f"resuming from {checkpoint} (step {state.step})")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "tokenizer").exists():
-            shutil.rmtree(run_dir / "tokenizer")
-        tokenizer.save(run_dir / "tokenizer")
+    state = start_or_resume(run_dir, resume=config.resume, model=model, optimizer=optimizer, data=loader,
+                            tokenizer=tokenizer)  # fmt: skip
     print(f"sft: {len(train_examples):,} conversations in {len(rows):,} rows of {seq_len} tokens "
           f"({too_long:,} longer than that left out), {len(val_rows) if val_rows else 0:,} validation rows; "
           f"base model's held-out assistant loss {before['val']['loss']:.4f}")  # fmt: skip
