@@ -4,57 +4,35 @@ LoRA trains adapters only, and a resumed run ends where an uninterrupted one doe
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_prefs import preference_pairs
 
 import forge.align.dpo as dpo_module
 from forge.align.dpo import DpoConfig, dpo
 from forge.align.pairs import collate, encode_pairs, response_targets
 from forge.errors import ConfigError
-from forge.model.config import ModelConfig
-from forge.model.io import load_model, save_model
+from forge.model.io import load_model
 from forge.model.lora import LoraConfig
 from forge.model.transformer import Transformer
-from forge.tokenizer.bpe import Tokenizer, TokenizerConfig, train_tokenizer
-
-CONFIG = ModelConfig(vocab_size=320, context_length=64, dim=48, num_layers=2, num_heads=4, num_kv_heads=2)
-THINGS = ["apple", "river", "stone", "cloud", "tiger", "lamp", "bread", "ship", "garden", "clock"]
+from forge.tokenizer.bpe import Tokenizer
 
 
-def preference_pairs() -> list[dict]:
-    """Answers are random words; the chosen one says "thanks" somewhere, the rejected one does not."""
-    rng = random.Random(0)
-    pairs = []
-    for i in range(16):
-        prompt = f"tell me about the {THINGS[i % len(THINGS)]}, number {i}."
-        chosen, rejected = rng.choices(THINGS, k=4), rng.choices(THINGS, k=4)
-        chosen.insert(rng.randrange(5), "thanks")
-        pairs.append({"prompt": prompt, "chosen": " ".join(chosen), "rejected": " ".join(rejected)})
-    return pairs
+def _pairs() -> list[dict]:
+    return preference_pairs(count=16, words=4)
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    texts = [" ".join(pair.values()) for pair in preference_pairs()] * 5
-    return train_tokenizer(texts, TokenizerConfig(vocab_size=300))
-
-
-@pytest.fixture(scope="module")
-def policy_run(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("policy")
-    save_model(Transformer(CONFIG), run)
-    tokenizer.save(run / "tokenizer")
-    return run
+def policy_run(base_run: Path) -> Path:
+    return base_run
 
 
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
-    path.write_text("".join(json.dumps(pair) + "\n" for pair in preference_pairs()))
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in _pairs()))
     return path
 
 

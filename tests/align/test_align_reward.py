@@ -2,11 +2,11 @@
 tiny model learns a separable preference set, every weight trains, and the run directory round-trips."""
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_prefs import CONFIG, preference_pairs
 
 from forge.align.pairs import encode_pairs, split_pairs
 from forge.align.reward import (
@@ -18,42 +18,10 @@ from forge.align.reward import (
     score_file,
     train_reward_model,
 )
-from forge.model.config import ModelConfig
-from forge.model.io import load_model, save_model
+from forge.model.io import load_model
 from forge.model.transformer import Transformer
 from forge.runtime import seed_everything
-from forge.tokenizer.bpe import Tokenizer, TokenizerConfig, train_tokenizer
-
-CONFIG = ModelConfig(vocab_size=320, context_length=64, dim=48, num_layers=2, num_heads=4, num_kv_heads=2)
-THINGS = ["apple", "river", "stone", "cloud", "tiger", "lamp", "bread", "ship", "garden", "clock"]
-
-
-def preference_pairs() -> list[dict]:
-    """Answers are random words; the chosen one says "thanks" somewhere, the rejected one does not. Only
-    that token separates them, so an untrained model is near chance."""
-    rng = random.Random(0)
-    pairs = []
-    for i in range(40):
-        prompt = f"tell me about the {THINGS[i % len(THINGS)]}, number {i}."
-        chosen, rejected = rng.choices(THINGS, k=5), rng.choices(THINGS, k=5)
-        chosen.insert(rng.randrange(6), "thanks")
-        pairs.append({"prompt": prompt, "chosen": " ".join(chosen), "rejected": " ".join(rejected)})
-    return pairs
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    texts = [" ".join(pair.values()) for pair in preference_pairs()] * 5
-    return train_tokenizer(texts, TokenizerConfig(vocab_size=300))
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
-    torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("base")
-    save_model(Transformer(CONFIG), run)
-    tokenizer.save(run / "tokenizer")
-    return run
+from forge.tokenizer.bpe import Tokenizer
 
 
 @pytest.fixture(scope="module")
