@@ -1,7 +1,6 @@
 """The labelling page and its JSON API, over a store that already holds pairs (no model needed)."""
 
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,20 +12,11 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from browser import CHROMIUM, CHROMIUM_FLAGS
 from forge.align.preferences import NewPair, PreferenceStore
 from forge.serve.label import create_label_app
 from forge.serve.launch import free_port
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WRITE = "Write a Python function `add(a, b)` that returns the sum of a and b."
 
 

@@ -1,23 +1,12 @@
 """The chat page, rendered in headless Chromium (Debian's package) driven by Playwright."""
 
 import os
-import shutil
 
 import pytest
 from live_server import API_KEY, MODEL
 
+from browser import CHROMIUM, CHROMIUM_FLAGS
 from forge.serve.launch import ServerProcess
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs it as root)")
