@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--lora-lrs", default="2e-3", help="LoRA learning rates to run, comma-separated")
+    parser.add_argument("--results", default=str(RESULTS), help="where the JSON results go")
     args = parser.parse_args()
     base, data, out = Path(args.base), Path(args.data), Path(args.out)
     if not (base / "model.safetensors").is_file():
@@ -50,16 +52,12 @@ def main() -> None:
     common = {"base": str(base), "data": str(data / "train.jsonl"), "max_steps": args.steps,
               "batch_size": args.batch_size, "eval_every": 0, "checkpoint_every": 0, "log_every": 25,
               "threads": available_cores()}  # fmt: skip
-    runs = {
-        "full": SftConfig(out=str(out / "full"), lr=3e-4, **common),
-        "lora": SftConfig(
-            out=str(out / "lora"),
-            lr=2e-3,
-            lora=True,
-            adapter=LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=("all-linear",)),
-            **common,
-        ),  # fmt: skip
-    }
+    adapter = LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=("all-linear",))
+    lora_lrs = [float(lr) for lr in args.lora_lrs.split(",")]
+    runs = {"full": SftConfig(out=str(out / "full"), lr=3e-4, **common)}
+    for lr in lora_lrs:
+        name = "lora" if len(lora_lrs) == 1 else f"lora_lr{lr:g}"
+        runs[name] = SftConfig(out=str(out / name), lr=lr, lora=True, adapter=adapter, **common)
     results = {}
     for name, config in runs.items():
         start = time.perf_counter()
@@ -72,20 +70,29 @@ def main() -> None:
               f"{100 * summary['trainable_fraction']:.2f}% of weights trained, "
               f"forgetting {summary.get('forgetting_bpb')} bits/byte, "
               f"{summary['seconds']:.0f} s", flush=True)  # fmt: skip
-    full, lora = results["full"], results["lora"]
+    full = results["full"]
     full_gain = full["val_loss_before"] - full["val_loss_after"]
-    lora_gain = lora["val_loss_before"] - lora["val_loss_after"]
+    fractions = {
+        name: round((run["val_loss_before"] - run["val_loss_after"]) / full_gain, 4)
+        for name, run in results.items()
+        if name != "full"
+    }
+    best = max(fractions, key=fractions.__getitem__)  # with several LoRA learning rates: a sweep, said so
+    lora = results[best]
     summary = {
         "sft_loss_reduction": full["val_loss_reduction"],
-        "lora_gain_fraction_of_full": round(lora_gain / full_gain, 4),
+        "lora_gain_fraction_of_full": fractions[best],
         "lora_trainable_fraction": lora["trainable_fraction"],
+        "lora_lr": runs[best].lr,
+        "lora_gain_fraction_by_run": fractions,
         "forgetting_bpb_full": full.get("forgetting_bpb"),
         "forgetting_bpb_lora": lora.get("forgetting_bpb"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"summary": summary, "runs": results, "steps": args.steps, "batch_size": args.batch_size,
                "base": str(base.resolve()), "data": str(data.resolve())}  # fmt: skip
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    results_path.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 

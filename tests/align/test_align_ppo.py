@@ -258,7 +258,10 @@ def test_lora_trains_adapters_and_value_head_only(policy_run: Path) -> None:
     assert 0 < summary["trainable_fraction"] < 0.5
     base, tuned = load_model(policy_run).state_dict(), load_model(policy_run.parent / "lora").state_dict()
     changed = {name for name in base if not torch.equal(base[name], tuned[name])}
-    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed), changed
+    adapted = ("q_proj.weight", "v_proj.weight", "embed_tokens.weight", "lm_head.weight")
+    assert changed and all(name.endswith(adapted) for name in changed), changed
+    moved = (base["model.embed_tokens.weight"] != tuned["model.embed_tokens.weight"]).any(dim=1)
+    assert set(moved.nonzero().flatten().tolist()) <= set(range(len(SPECIAL_TOKENS)))  # special rows only
     assert load_file(str(policy_run.parent / "lora" / "value_head.safetensors"))["weight"].abs().sum() > 0
 
 

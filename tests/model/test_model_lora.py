@@ -222,3 +222,37 @@ def test_cuda_bf16_train_and_merge() -> None:
 def test_config_errors_name_the_flag(fields: dict, flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         LoraConfig(**fields)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_token_rows_train_merge_and_round_trip(tmp_path: Path, tied: bool) -> None:
+    base = make_model(tie_embeddings=tied)
+    model = copy.deepcopy(base)
+    ids = torch.randint(0, VOCAB, (2, 16))
+    ids[:, ::3] = 5  # the rows being trained occur in the input
+    before = model(ids)
+    config = LoraConfig(rank=4, alpha=8.0)
+    apply_lora(model, config, token_ids=[5, 6])
+    assert torch.equal(model(ids), before)  # the corrections start at zero
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    train_steps(model)
+    rows = lora_parameters(model)
+    expected = {"token_rows.delta"} | (set() if tied else {"token_rows.delta_out"})
+    assert expected <= rows.keys()
+    assert all(not torch.equal(rows[name], torch.zeros_like(rows[name])) for name in expected)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+    trained = model(ids)
+    save_adapter(model, tmp_path, config)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["token_ids"] == [5, 6]
+    fresh = copy.deepcopy(base)
+    load_adapter(fresh, tmp_path)
+    assert torch.equal(fresh(ids), trained)
+
+    merge_lora(model)
+    assert not hasattr(model, "token_rows")
+    torch.testing.assert_close(model(ids), trained, rtol=0, atol=1e-5)
+    changed = (model.model.embed_tokens.weight != base.model.embed_tokens.weight).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == [5, 6]  # only those rows moved
+    save_model(model, tmp_path / "merged")
+    assert torch.equal(load_model(tmp_path / "merged")(ids), model(ids))

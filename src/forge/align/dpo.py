@@ -50,6 +50,7 @@ from forge.model.io import load_model, save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, save_adapter, trainable_fraction
 from forge.model.transformer import Transformer
 from forge.tokenizer.bpe import Tokenizer
+from forge.tokenizer.special import SPECIAL_TOKENS
 from forge.train.loop import TrainConfig, TrainState, load_start, open_run, start_or_resume, train
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
@@ -206,7 +207,7 @@ def dpo(config: DpoConfig) -> dict[str, Any]:
 
     before = measure()
     if config.lora:
-        wrapped = apply_lora(policy, config.adapter)
+        wrapped = apply_lora(policy, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(policy):.2f}% of the weights train")
     optimizer = build_optimizer(policy, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip

@@ -73,6 +73,7 @@ from forge.model.lora import LoraConfig, apply_lora, merge_lora, trainable_fract
 from forge.model.transformer import Transformer
 from forge.tokenizer.bpe import Tokenizer
 from forge.tokenizer.chat import render
+from forge.tokenizer.special import SPECIAL_TOKENS
 from forge.train.loop import Batch, TrainConfig, TrainState, open_run, start_or_resume, train
 from forge.train.metrics import MetricsLog, read_metrics
 from forge.train.optim import build_optimizer
@@ -469,7 +470,7 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
         )
     model.activation_checkpointing = config.activation_checkpointing
     if config.lora:
-        apply_lora(model, config.adapter)
+        apply_lora(model, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         model.value_head.requires_grad_(True)
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip

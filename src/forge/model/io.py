@@ -42,7 +42,9 @@ def save_model(
     """Write `model.safetensors` and `config.json` ({"model": config, **extra_config}) into `directory`."""
     directory = Path(directory)
     extra_config = extra_config or {}
-    if any(name.endswith((".lora_A", ".lora_B")) for name in model.state_dict()):
+    if any(
+        name.endswith((".lora_A", ".lora_B")) or name.startswith("token_rows.") for name in model.state_dict()
+    ):
         raise CheckpointError(
             "the model has LoRA adapters: merge them first (forge.model.lora.merge_lora) or save them alone "
             "(save_adapter)"

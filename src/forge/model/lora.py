@@ -16,9 +16,16 @@ Design choices:
 - merging adds (alpha / r) · B A into W0 in place, in float32 maths cast back (section 4.1: no inference
   latency); `unmerge` subtracts it again, exact up to float rounding. `merge_lora` folds every adapter and
   puts the plain `nn.Linear` back, so the model is an ordinary `Transformer` with the usual state dict;
-- the tied embedding / lm_head matrix is never adapted; 'all-linear' means the seven linear layers of each
-  block and leaves out lm_head, as PEFT does: lm_head is the (often tied) vocabulary projection, whose
-  adapter would be large (vocab_size · r) and would change the input embedding too;
+- the tied embedding / lm_head matrix gets no low-rank adapter; 'all-linear' means the seven linear layers
+  of each block and leaves out lm_head, as PEFT does: lm_head is the (often tied) vocabulary projection,
+  whose adapter would be large (vocab_size · r) and would change the input embedding too;
+- instead, a few rows of it can train (`token_ids`, as PEFT's `trainable_token_indices`): the chat
+  template's markers, which a base model saw rarely or never, keep their near-random pretrained rows under
+  plain LoRA, and predicting `<|end|>` from such a row is what a frozen vocabulary cannot learn well
+  (measured on the standard-library SFT set: 3.6 nats on that token under LoRA vs 1.2 under full SFT).
+  `TokenRows` holds a correction per row, applied by forward hooks on the embedding (input side) and on
+  lm_head (output side, the same correction when tied); no module is replaced, so checkpoints keep their
+  keys plus `token_rows.delta`;
 - state-dict keys read as the module tree: `model.layers.0.self_attn.q_proj.lora_A`, with the frozen
   weight at `...q_proj.base.weight`, so a wrapped model still saves and resumes through training
   checkpoints. `forge.model.io.save_model` is for plain models only: call `merge_lora` first (a merged
@@ -27,6 +34,7 @@ Design choices:
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +43,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from forge import __version__
 from forge.errors import CheckpointError, ConfigError, ForgeError
@@ -60,6 +69,9 @@ class LoraConfig:
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     """linear layers to adapt, by name suffix (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj),
     or 'all-linear' (every linear layer of the blocks; lm_head excluded, as PEFT does)"""
+    special_tokens: bool = True
+    """also train the embedding and output rows of the special tokens (the chat-template markers, which a
+    base model saw rarely or never): 7 rows, a few thousand weights"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -131,8 +143,69 @@ class LoraLinear(nn.Module):
         return f"rank={self.rank}, scale={self.scale:g}, merged={self.merged}"
 
 
+class TokenRows(nn.Module):
+    """Trainable corrections to the embedding (and lm_head) rows of a few tokens of a frozen model.
+
+    Installed on a `Transformer` as `model.token_rows` by `apply_lora`; forward hooks add `delta` to the
+    embeddings of those tokens and `h · delta_out` to their logits (`delta_out` is `delta` itself when the
+    embeddings are tied). Both start at zero, so the model computes exactly what the base did.
+    """
+
+    token_ids: Tensor
+    slots: Tensor
+
+    def __init__(self, model: Transformer, token_ids: Sequence[int]) -> None:
+        super().__init__()
+        vocab, dim = model.config.vocab_size, model.config.dim
+        ids = sorted(set(token_ids))
+        if not ids or ids[0] < 0 or ids[-1] >= vocab:
+            raise ConfigError(f"trainable token ids must lie in [0, {vocab}), got {list(token_ids)[:8]}")
+        device = model.lm_head.weight.device
+        self.register_buffer("token_ids", torch.tensor(ids, device=device), persistent=False)
+        slots = torch.full((vocab,), -1, dtype=torch.long, device=device)
+        slots[self.token_ids] = torch.arange(len(ids), device=device)
+        self.register_buffer("slots", slots, persistent=False)  # vocab id → row of delta, -1 = none
+        self.delta = nn.Parameter(torch.zeros(len(ids), dim, device=device, dtype=torch.float32))
+        self.tied = model.config.tie_embeddings
+        self.delta_out = None if self.tied else nn.Parameter(torch.zeros_like(self.delta))
+        self.hooks: list[RemovableHandle] = [
+            model.model.embed_tokens.register_forward_hook(self._embed_hook),
+            model.lm_head.register_forward_hook(self._head_hook),
+        ]
+
+    def _embed_hook(self, module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        slot = self.slots[args[0]]  # (B, T): row of delta, or -1
+        hit = (slot >= 0).unsqueeze(-1)
+        return out + torch.where(hit, self.delta[slot.clamp(min=0)].to(out.dtype), 0.0)  # (B, T, C)
+
+    def _head_hook(self, module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        hidden = args[0]
+        delta = self.delta if self.delta_out is None else self.delta_out
+        extra = F.linear(hidden, delta.to(hidden.dtype))  # (B, T, k)
+        return out.index_add(-1, self.token_ids, extra.to(out.dtype))  # (B, T, V)
+
+    @torch.no_grad()
+    def merge_into(self, model: Transformer) -> None:
+        """Add the corrections into the embedding (and untied lm_head) rows and remove the hooks."""
+        for hook in self.hooks:
+            hook.remove()
+        embedding = model.model.embed_tokens.weight
+        embedding[self.token_ids] = (embedding[self.token_ids].float() + self.delta).to(embedding.dtype)
+        if self.delta_out is not None:
+            head = model.lm_head.weight
+            head[self.token_ids] = (head[self.token_ids].float() + self.delta_out).to(head.dtype)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.token_ids.tolist()}, tied={self.tied}"
+
+
 def _adapters(model: nn.Module) -> dict[str, LoraLinear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, LoraLinear)}
+
+
+def _token_rows(model: nn.Module) -> TokenRows | None:
+    rows = getattr(model, "token_rows", None)
+    return rows if isinstance(rows, TokenRows) else None
 
 
 def _target_names(model: Transformer, targets: tuple[str, ...]) -> list[str]:
@@ -146,7 +219,7 @@ def _target_names(model: Transformer, targets: tuple[str, ...]) -> list[str]:
 
 
 def _refuse_adapted(model: nn.Module) -> None:
-    if adapted := list(_adapters(model)):
+    if adapted := list(_adapters(model)) or (["token_rows"] if _token_rows(model) else []):
         raise ForgeError(
             f"the model already has LoRA adapters ({adapted[0]}, ...); "
             "call merge_lora(model) first, or start from a fresh base model"
@@ -158,11 +231,12 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
-def apply_lora(model: Transformer, config: LoraConfig) -> list[str]:
+def apply_lora(model: Transformer, config: LoraConfig, *, token_ids: Sequence[int] = ()) -> list[str]:
     """Wrap the targeted linear layers in `LoraLinear` in place and freeze every other parameter.
 
-    Returns the wrapped modules' names in model order. Adapters are initialised from torch's global RNG.
-    Raises `ForgeError` if the model already has adapters.
+    With `config.special_tokens`, the embedding rows of `token_ids` (the tokenizer's special tokens: the
+    caller knows them) train too, as `model.token_rows`. Returns the wrapped modules' names in model order.
+    Adapters are initialised from torch's global RNG. Raises `ForgeError` if the model already has adapters.
     """
     _refuse_adapted(model)
     model.requires_grad_(False)
@@ -171,16 +245,22 @@ def apply_lora(model: Transformer, config: LoraConfig) -> list[str]:
         base = model.get_submodule(name)
         assert isinstance(base, nn.Linear)
         _replace(model, name, LoraLinear(base, rank=config.rank, alpha=config.alpha, dropout=config.dropout))
+    if config.special_tokens and token_ids:
+        model.token_rows = TokenRows(model, token_ids)
     return names
 
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The adapter parameters by state-dict name (`model.layers.0.self_attn.q_proj.lora_A`, ...)."""
-    return {
+    """The adapter parameters by state-dict name (`model.layers.0.self_attn.q_proj.lora_A`, ...,
+    `token_rows.delta`)."""
+    params = {
         f"{name}.{kind}": getattr(module, kind)
         for name, module in _adapters(model).items()
         for kind in ("lora_A", "lora_B")
     }
+    if rows := _token_rows(model):
+        params.update({f"token_rows.{name}": p for name, p in rows.named_parameters()})
+    return params
 
 
 def trainable_fraction(model: nn.Module) -> float:
@@ -198,6 +278,10 @@ def merge_lora(model: nn.Module) -> None:
     for name, module in _adapters(model).items():
         module.merge()
         _replace(model, name, module.base)
+    if rows := _token_rows(model):
+        assert isinstance(model, Transformer)
+        rows.merge_into(model)
+        del model.token_rows
 
 
 def save_adapter(
@@ -226,6 +310,8 @@ def save_adapter(
         "dropout": config.dropout,
         "targets": list(config.targets),
         "modules": list(adapters),
+        "special_tokens": config.special_tokens,
+        "token_ids": rows.token_ids.tolist() if (rows := _token_rows(model)) else [],
         "base_model": base_model,
         "forge_version": __version__,
     }
@@ -234,14 +320,22 @@ def save_adapter(
 
 def load_adapter_config(directory: str | Path) -> LoraConfig:
     """The `LoraConfig` saved in `directory/adapter_config.json`."""
+    return _read_adapter_config(directory)[0]
+
+
+def _read_adapter_config(directory: str | Path) -> tuple[LoraConfig, list[int]]:
+    """The saved `LoraConfig` and the ids of the tokens whose rows were trained."""
     path = Path(directory) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found; pass an adapter directory written by save_adapter")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        return LoraConfig(
-            rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=tuple(meta["targets"])
-        )
+        token_ids = [int(i) for i in meta.get("token_ids", [])]
+        config = LoraConfig(
+            rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=tuple(meta["targets"]),
+            special_tokens=bool(meta.get("special_tokens", token_ids)),
+        )  # fmt: skip
+        return config, token_ids
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is damaged") from e
     except (KeyError, TypeError) as e:
@@ -252,9 +346,15 @@ def load_adapter_config(directory: str | Path) -> LoraConfig:
         raise CheckpointError(f"{path}: invalid adapter config: {e}") from e
 
 
-def _check_adapter(path: Path, weights: dict[str, Tensor], model: Transformer, config: LoraConfig) -> None:
+def _check_adapter(
+    path: Path, weights: dict[str, Tensor], model: Transformer, config: LoraConfig, token_ids: list[int]
+) -> None:
     """Raise `CheckpointError` unless `weights` are exactly the adapters `apply_lora` would add to `model`."""
     expected: dict[str, tuple[int, ...]] = {}
+    if token_ids:
+        expected["token_rows.delta"] = (len(set(token_ids)), model.config.dim)
+        if not model.config.tie_embeddings:
+            expected["token_rows.delta_out"] = expected["token_rows.delta"]
     for name in _target_names(model, config.targets):
         base = model.get_submodule(name)
         assert isinstance(base, nn.Linear)
@@ -281,7 +381,7 @@ def load_adapter(model: Transformer, directory: str | Path) -> LoraConfig:
     naming the file and the first tensor that does not fit.
     """
     _refuse_adapted(model)
-    config = load_adapter_config(directory)
+    config, token_ids = _read_adapter_config(directory)
     path = Path(directory) / ADAPTER_WEIGHTS_NAME
     if not path.is_file():
         raise CheckpointError(f"{path} not found; the adapter directory is incomplete")
@@ -290,8 +390,8 @@ def load_adapter(model: Transformer, directory: str | Path) -> LoraConfig:
         weights = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read safetensors file ({e}); the file is damaged") from e
-    _check_adapter(path, weights, model, config)
-    apply_lora(model, config)
+    _check_adapter(path, weights, model, config, token_ids)
+    apply_lora(model, config, token_ids=token_ids)
     with torch.no_grad():
         for name, param in lora_parameters(model).items():
             param.copy_(weights[name])

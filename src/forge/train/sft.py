@@ -35,6 +35,7 @@ from forge.io import write_json, write_text
 from forge.model.io import save_model
 from forge.model.lora import LoraConfig, apply_lora, merge_lora, save_adapter, trainable_fraction
 from forge.model.transformer import Transformer
+from forge.tokenizer.special import SPECIAL_TOKENS
 from forge.train.evaluate import evaluate
 from forge.train.loop import TrainConfig, TrainState, load_start, open_run, start_or_resume, train
 from forge.train.metrics import plot_losses
@@ -174,7 +175,7 @@ def sft(config: SftConfig) -> dict[str, Any]:
 
     before: dict[str, Any] = {"val": measure(), "base_domain_bpb": base_domain_bpb()}
     if config.lora:
-        wrapped = apply_lora(model, config.adapter)
+        wrapped = apply_lora(model, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(model):.2f}% of the weights train")
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
                                 betas=(config.beta1, config.beta2), device=device)  # fmt: skip
