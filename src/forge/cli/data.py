@@ -1,4 +1,5 @@
-"""`forge data prepare`, `forge data tokenize`, `forge data inspect` and `forge data synth-sft`."""
+"""`forge data prepare`, `forge data tokenize`, `forge data inspect`, `forge data synth-sft` and
+`forge data images`."""
 
 import argparse
 import json
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 
 from forge.cli.common import add_command, add_docs_argument
 from forge.config import from_args
+from forge.data.images import ImageDataConfig, prepare_images
 from forge.data.prepare import PrepareConfig, prepare
 from forge.data.report_pages import headline, numeric_columns, text_tables
 from forge.data.shards import TokenizeConfig, tokenize_docs
@@ -99,6 +101,18 @@ def register(commands: Any) -> None:
     )
     p.set_defaults(handler=_synth_sft)
 
+    p = add_command(
+        sub,
+        "images",
+        config_cls=ImageDataConfig,
+        help="prepare an image set (the built-in digits or a captioned folder) for the image models",
+        description="Read scikit-learn's 8x8 digits with generated captions in varied wording (default), "
+        "or a folder of images with captions.jsonl ({'file', 'caption'} per line); convert them to one "
+        "size and channel count, split train/val and write array shards, captions and manifest.json. "
+        "Unreadable images and bad lines are skipped and listed in the manifest.",
+    )
+    p.set_defaults(handler=_images)
+
 
 def _prepare(args: argparse.Namespace) -> None:
     config = from_args(PrepareConfig, args, extra={"inputs": list(args.inputs)} if args.inputs else None)
@@ -114,6 +128,16 @@ def _synth_sft(args: argparse.Namespace) -> None:
         f"{kinds['write'] + kinds['explain']:,} conversations (write {kinds['write']:,}, explain "
         f"{kinds['explain']:,}): train {train['conversations']:,}, val {val['conversations']:,} "
         f"({val['modules']} modules held out) → {config.out} (see {config.out}/report.json)"
+    )
+
+
+def _images(args: argparse.Namespace) -> None:
+    config = from_args(ImageDataConfig, args)
+    manifest = prepare_images(config)
+    counts, shape = manifest["counts"], "x".join(map(str, manifest["shape"]))
+    print(
+        f"train {counts['train']:,} images, val {counts['val']:,}, skipped {counts['skipped']:,} "
+        f"({shape}) → {config.out} (see {config.out}/manifest.json)"
     )
 
 

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from forge import __version__
-from forge.cli import align, data, evaluate, finetune, generate, label, ppo, serve, tokenizer, train
+from forge.cli import align, data, evaluate, finetune, generate, image, label, ppo, serve, tokenizer, train
 from forge.errors import ForgeError
 
-GROUPS = (data, tokenizer, train, finetune, label, align, ppo, generate, evaluate, serve)
+GROUPS = (data, tokenizer, train, finetune, label, align, ppo, generate, evaluate, serve, image)
 
 
 def build_parser() -> argparse.ArgumentParser:
