@@ -48,8 +48,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "gan": {"max_steps": 6000, "sample_every": 1000, "checkpoint_every": 1000},
 }
 QUICK: dict[str, dict[str, Any]] = {  # --quick: a few dozen steps of each model
-    "diffusion": {"max_steps": 30, "warmup_steps": 5, "eval_every": 0, "sample_every": 0,
-                  "checkpoint_every": 0, "sample_steps": 5},
+    "diffusion": {"max_steps": 30, "warmup_steps": 5, "sample_every": 0, "checkpoint_every": 0,
+                  "sample_steps": 5, "eval_steps": 5},
     "vae": {"max_steps": 30, "kl_warmup_steps": 10, "sample_every": 0, "checkpoint_every": 0},
     "gan": {"max_steps": 30, "sample_every": 0, "checkpoint_every": 0},
 }  # fmt: skip

@@ -1,12 +1,15 @@
 """`forge data images` and `forge image train|generate|eval`: help, errors without tracebacks, and a tiny
 run of each model end to end."""
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from forge.cli.main import main
+from forge.cli.main import build_parser, main
 
 IMAGE_COMMANDS = [("data", "images"), ("image", "train"), ("image", "generate"), ("image", "eval")]
 
@@ -19,12 +22,28 @@ def test_help(command: tuple[str, ...], capsys: pytest.CaptureFixture) -> None:
     assert f"usage: forge {' '.join(command)}" in capsys.readouterr().out
 
 
-def test_train_help_marks_model_specific_options(capsys: pytest.CaptureFixture) -> None:
+def test_train_help_describes_every_model_option(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["image", "train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--model {diffusion,vae,gan}" in out
     assert "[diffusion]" in out and "[vae" in out and "[gan" in out
+    assert "--levels INT" in out and "--latent-dim INT" in out and "--noise-dim INT" in out
+    train = _subparser(_subparser(build_parser(), "image"), "train")
+    train.format_help()  # the model options are added on first use
+    assert all(action.help for action in train._actions), [a.dest for a in train._actions if not a.help]
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def test_building_the_parser_does_not_import_diffusers() -> None:
+    code = "import sys; from forge.cli.main import build_parser as b; b(); print('diffusers' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
 
 
 def test_train_refuses_an_option_of_another_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -55,7 +74,7 @@ TINY = ["--width", "8", "--cond-dim", "8", "--text-encoder", "small", "--batch-s
         "--max-steps", "3", "--sample-every", "0", "--checkpoint-every", "0", "--no-progress",
         "--threads", "1"]  # fmt: skip
 TINY_MODEL = {
-    "diffusion": ["--levels", "2", "--warmup-steps", "1", "--eval-every", "0", "--sample-steps", "2"]
+    "diffusion": ["--levels", "2", "--warmup-steps", "1", "--sample-steps", "2", "--eval-steps", "2"]
 }
 
 

@@ -2,7 +2,9 @@
 
 `forge image train --model diffusion|vae|gan` offers the options of all three models' config dataclasses
 in one parser: an option shared by several models appears once, with each model's default in its help;
-an option that belongs to other models than the one chosen is an error, not silently ignored.
+an option that belongs to other models than the one chosen is an error, not silently ignored. Those
+options are added when `image train` is parsed or its help shown, not when the `forge` parser is built:
+the diffusion config's module imports diffusers, seconds that every other command would pay.
 """
 
 import argparse
@@ -10,6 +12,7 @@ import dataclasses
 import json
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,11 @@ def register(commands: Any) -> None:
         "`forge data images`: a diffusion model, a VAE or a GAN, each conditioned on a text encoder.",
     )
     sub = group.add_subparsers(
-        dest="image_command", metavar="COMMAND", required=True, help="the image step to run"
+        dest="image_command",
+        metavar="COMMAND",
+        required=True,
+        help="the image step to run",
+        parser_class=LazyParser,
     )
     _register_train(sub)
     _register_generate(sub)
@@ -40,6 +47,33 @@ def register(commands: Any) -> None:
 
 
 # ---- train --------------------------------------------------------------------------------------------
+
+
+class LazyParser(argparse.ArgumentParser):
+    """An ArgumentParser that runs `add_later(self)` once, before it first parses or formats help."""
+
+    def __init__(self, *args: Any, add_later: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)
+        self.add_later = add_later
+
+    def complete(self) -> None:
+        """Add the deferred options now (once)."""
+        add_later, self.add_later = self.add_later, None
+        if add_later is not None:
+            add_later(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.complete()
+        return super().format_help()
 
 
 def _model_configs() -> dict[str, type]:
@@ -92,13 +126,13 @@ def _add_model_options(parser: argparse.ArgumentParser, configs: dict[str, type]
 
 
 def _register_train(sub: Any) -> None:
-    p = add_command(
-        sub,
+    p = sub.add_parser(
         "train",
         help="train a text-to-image diffusion model, VAE or GAN on a prepared image set",
         description="Train a text-conditioned image model on an image set written by `forge data images`. "
         "Options marked [model, ...] belong to those models only. The run directory gets config.json, "
         "metrics.jsonl, loss.png, sample grids over time (samples/) and resumable checkpoints.",
+        add_later=lambda parser: _add_model_options(parser, _model_configs()),
     )
     p.add_argument("--model", required=True, choices=MODELS, help="the model family to train")
     p.add_argument(
@@ -107,7 +141,6 @@ def _register_train(sub: Any) -> None:
         default=None,
         help="read options from a TOML file (flags given on the command line win)",
     )
-    _add_model_options(p, _model_configs())
     p.set_defaults(handler=_train)
 
 
@@ -299,9 +332,11 @@ def _register_eval(sub: Any) -> None:
     p.set_defaults(handler=_eval)
 
 
-def _training_data(run_config: dict[str, Any]) -> str | None:
-    """The image directory a run trained on, as its config.json records it."""
-    data = run_config.get("data_dir") or run_config.get("config", {}).get("data")
+def _training_data(run: str, run_config: dict[str, Any]) -> str | None:
+    """The image directory a run trained on, as its config.json records it ('digits': RUN/data)."""
+    data = run_config.get("config", {}).get("data")
+    if data == "digits":
+        return str(Path(run) / "data")
     return str(data) if data else None
 
 
@@ -313,7 +348,7 @@ def _eval(args: argparse.Namespace) -> None:
     if args.prompts_per_class < 0:
         raise ConfigError(f"--prompts-per-class must be 0 or more, got {args.prompts_per_class}")
     configs = [read_run_config(run) for run in args.runs]  # every RUN_DIR checked before any work
-    data = args.data or _training_data(configs[0])
+    data = args.data or _training_data(args.runs[0], configs[0])
     if not data:
         raise ConfigError(f"{args.runs[0]}/config.json names no training data; pass --data DIR")
     set_threads(args.threads)

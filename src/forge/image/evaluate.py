@@ -155,8 +155,8 @@ class Yardstick:
         if len(requested) != len(images):
             raise ValueError(f"{len(images)} images but {len(requested)} requested labels")
         predicted = self.predict(images)
-        pixels = self.pca.transform(to_classifier_space(images))
-        distance = frechet_distance(pixels, self.reference)
+        features = self.pca.transform(to_classifier_space(images))  # (B, FEATURE_DIM)
+        distance = frechet_distance(features, self.reference)
         per_class = [
             float((predicted[requested == c] == c).mean()) if (requested == c).any() else None
             for c in range(NUM_CLASSES)

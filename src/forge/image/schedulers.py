@@ -11,6 +11,10 @@ Design choices:
 - samplers space their timesteps "trailing" (Lin et al. 2023, "Common diffusion noise schedules and
   sample steps are flawed", §3.3): the first step of a short schedule is then t = 999, pure noise, as in
   training, rather than the t = 981 that "leading" spacing gives DDIM-50;
+- DDIM re-derives ε from the clipped x̂_0 (`use_clipped_model_output`, as GLIDE does): the x̂_0 of a
+  guided prediction often leaves [-1, 1], and stepping with the clipped x̂_0 but the unclipped ε
+  pushes x_t off the training distribution (on 8×8 digits at guidance 3, conditioning accuracy fell
+  from ~100% to ~1% without it). DDPM steps from the clipped x̂_0 alone, so it needs nothing;
 - classifier-free guidance (Ho & Salimans 2022, eq. 6): guided = uncond + w · (cond − uncond). At
   w = 1 it is the conditional prediction, computed alone (half the work); at w = 0 the unconditional;
   otherwise both branches in one batch.
@@ -94,6 +98,12 @@ def guided(
     return pred_uncond + guidance * (pred_cond - pred_uncond)
 
 
+def step_options(scheduler: Any) -> dict[str, Any]:
+    """Keyword arguments of `scheduler.step` in our sampling loop: DDIM steps with ε re-derived from the
+    clipped x̂_0."""
+    return {"use_clipped_model_output": True} if isinstance(scheduler, DDIMScheduler) else {}
+
+
 @torch.no_grad()
 def sample_loop(
     denoiser: Denoiser,
@@ -110,13 +120,14 @@ def sample_loop(
     """Denoise `noise` (B, C, H, W) in `steps` steps; returns x_0 and the x_t after each step listed in
     `progression` (1 = after the first step; 0 = the starting noise)."""
     scheduler.set_timesteps(steps, device=noise.device)
+    options = step_options(scheduler)
     x = noise * scheduler.init_noise_sigma
     keep = set(progression or ())
     frames = [x.clone()] if 0 in keep else []
     for i, t in enumerate(scheduler.timesteps):
         model_input = scheduler.scale_model_input(x, t)
         prediction = guided(denoiser, model_input, t.expand(len(x)), cond, uncond, guidance)
-        x = scheduler.step(prediction, t, x, generator=generator).prev_sample
+        x = scheduler.step(prediction, t, x, generator=generator, **options).prev_sample
         if i + 1 in keep:
             frames.append(x.clone())
     return x, frames
