@@ -9,11 +9,12 @@ relative reduction; `lora_gain_fraction_of_full` is LoRA's reduction (rank 16, e
 the blocks) as a fraction of full SFT's; `lora_trainable_fraction` the share of weights LoRA trains.
 Forgetting, the change in bits per byte on the base model's own validation data, is reported beside.
 Learning rates are swept (`--full-lrs`, `--lora-lrs`, comma-separated; adapters start at zero and are
-scaled by alpha/rank, so LoRA wants a rate several times full fine-tuning's). The sweep is scored on this
+scaled by alpha/rank, so LoRA wants a rate several times full fine-tuning's), and so is LoRA+'s ratio of
+B's rate over A's (`--lora-lrs 1e-3:16`; plain LoRA has ratio 1). The sweep is scored on this
 same held-out set, so the summary's best rates (`full_lr`, `lora_lr`) are tuned on it: it says so, and
 lists every run's reduction. `--reuse` reads runs already finished under `--out` instead of repeating them.
 
-    python bench/sft.py [--base demo_out/runs/small] [--data demo_out/sft] [--steps 300]
+    python bench/sft.py [--base demo_out/runs/small] [--data demo_out/sft] [--steps 1200] [--reuse]
 """
 
 import argparse
@@ -38,11 +39,12 @@ def main() -> None:
     parser.add_argument("--base", default=str(ROOT / "demo_out" / "runs" / "small"), help="pretrained run")
     parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
     parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_sft"), help="where the runs go")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per step")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
     parser.add_argument("--full-lrs", default="3e-4,1e-3", help="full SFT learning rates, comma-separated")
-    parser.add_argument("--lora-lrs", default="4e-3,8e-3", help="LoRA learning rates to run, comma-separated")
+    parser.add_argument("--lora-lrs", default="4e-3,8e-3,1e-3:16",
+                        help="LoRA runs, comma-separated: LR for plain LoRA, LR:RATIO for LoRA+")  # fmt: skip
     parser.add_argument("--reuse", action="store_true", help="read runs already finished under --out")
     parser.add_argument("--results", default=str(RESULTS), help="where the JSON results go")
     args = parser.parse_args()
@@ -56,14 +58,14 @@ def main() -> None:
     common = {"base": str(base), "data": str(data / "train.jsonl"), "max_steps": args.steps,
               "batch_size": args.batch_size, "eval_every": 0, "checkpoint_every": 0, "log_every": 25,
               "threads": available_cores()}  # fmt: skip
-    adapter = LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=("all-linear",))
     runs = {}
     for lr in (float(lr) for lr in args.full_lrs.split(",")):
         runs[f"full_lr{lr:g}"] = SftConfig(out=str(out / f"full_lr{lr:g}"), lr=lr, **common)
-    for lr in (float(lr) for lr in args.lora_lrs.split(",")):
-        runs[f"lora_lr{lr:g}"] = SftConfig(
-            out=str(out / f"lora_lr{lr:g}"), lr=lr, lora=True, adapter=adapter, **common
-        )
+    for spec in args.lora_lrs.split(","):
+        lr, ratio = float(spec.partition(":")[0]), float(spec.partition(":")[2] or 1)
+        adapter = LoraConfig(rank=args.rank, alpha=2.0 * args.rank, targets=("all-linear",), lr_ratio=ratio)
+        name = f"lora_lr{lr:g}" + ("" if ratio == 1 else f"_plus{ratio:g}")
+        runs[name] = SftConfig(out=str(out / name), lr=lr, lora=True, adapter=adapter, **common)
     results = {}
     for name, config in runs.items():
         done = Path(config.out) / "summary.json"
@@ -100,6 +102,7 @@ def main() -> None:
         "lora_trainable_fraction": lora["trainable_fraction"],
         "full_lr": runs[full_name].lr,
         "lora_lr": runs[best].lr,
+        "lora_lr_ratio": runs[best].adapter.lr_ratio,
         "sft_loss_reduction_by_run": reductions,
         "lora_gain_fraction_by_run": fractions,
         "forgetting_bpb_full": full.get("forgetting_bpb"),

@@ -210,7 +210,8 @@ def dpo(config: DpoConfig) -> dict[str, Any]:
         wrapped = apply_lora(policy, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(policy):.2f}% of the weights train")
     optimizer = build_optimizer(policy, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2), device=device)  # fmt: skip
+                                betas=(config.beta1, config.beta2), device=device,
+                                lr_scales=config.adapter.lr_scales if config.lora else None)  # fmt: skip
     state = start_or_resume(
         run_dir, resume=config.resume, model=policy, optimizer=optimizer, data=loader, tokenizer=tokenizer
     )

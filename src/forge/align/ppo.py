@@ -473,7 +473,8 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
         apply_lora(model, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         model.value_head.requires_grad_(True)
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2), device=device)  # fmt: skip
+                                betas=(config.beta1, config.beta2), device=device,
+                                lr_scales=config.adapter.lr_scales if config.lora else None)  # fmt: skip
     controller: AdaptiveKLController | FixedKLController = (
         AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
         if config.adaptive_kl

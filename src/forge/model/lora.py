@@ -10,6 +10,8 @@ Design choices:
   paper uses a Gaussian; the scale hardly matters since B starts at zero), B (out, r) is zero, so a freshly
   wrapped model computes exactly what the base model did; both draw on torch's global RNG;
 - the update is scaled by alpha / r (section 4.1), so changing r does not require retuning the learning rate;
+- `lr_ratio` is LoRA+ (Hayou et al. 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models"): B
+  learns faster than A, by a fixed ratio; the optimizer reads it through `LoraConfig.lr_scales`;
 - dropout acts on the adapter's input only, during training (an `nn.Dropout`, inactive in eval mode);
 - adapter parameters stay float32 whatever the base weights' dtype, and are cast to the input's dtype in
   forward; cast the model (e.g. to bf16) *before* `apply_lora`, since `model.to(dtype)` casts them too;
@@ -72,6 +74,8 @@ class LoraConfig:
     special_tokens: bool = True
     """also train the embedding and output rows of the special tokens (the chat-template markers, which a
     base model saw rarely or never): 7 rows, a few thousand weights"""
+    lr_ratio: float = 1.0
+    """LoRA+: lora_B's learning rate is lr_ratio × the run's (lora_A's); 1 is plain LoRA, 16 the paper's"""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -80,6 +84,8 @@ class LoraConfig:
             raise ConfigError(f"--adapter.alpha must be > 0, got {self.alpha!r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"--adapter.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.lr_ratio > 0:
+            raise ConfigError(f"--adapter.lr-ratio must be > 0, got {self.lr_ratio!r}")
         valid = (*LINEAR_TARGETS, ALL_LINEAR)
         if isinstance(self.targets, str) or not self.targets:
             raise ConfigError(
@@ -95,6 +101,11 @@ class LoraConfig:
     def scale(self) -> float:
         """alpha / rank, the factor on B·A."""
         return self.alpha / self.rank
+
+    @property
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multiples by parameter-name suffix, for `forge.train.optim.build_optimizer`."""
+        return {} if self.lr_ratio == 1.0 else {"lora_B": self.lr_ratio}
 
 
 class LoraLinear(nn.Module):
@@ -311,6 +322,7 @@ def save_adapter(
         "targets": list(config.targets),
         "modules": list(adapters),
         "special_tokens": config.special_tokens,
+        "lr_ratio": config.lr_ratio,
         "token_ids": rows.token_ids.tolist() if (rows := _token_rows(model)) else [],
         "base_model": base_model,
         "forge_version": __version__,
@@ -333,7 +345,7 @@ def _read_adapter_config(directory: str | Path) -> tuple[LoraConfig, list[int]]:
         token_ids = [int(i) for i in meta.get("token_ids", [])]
         config = LoraConfig(
             rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=tuple(meta["targets"]),
-            special_tokens=bool(meta.get("special_tokens", token_ids)),
+            special_tokens=bool(meta.get("special_tokens", token_ids)), lr_ratio=meta.get("lr_ratio", 1.0),
         )  # fmt: skip
         return config, token_ids
     except json.JSONDecodeError as e:

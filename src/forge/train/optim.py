@@ -1,27 +1,50 @@
 """Optimizer and learning-rate schedule.
 
 AdamW with two parameter groups (nanoGPT's rule): every parameter with two or more dimensions (matmul
-weights, embeddings) decays, vectors (norm gains) do not. The fused kernel is used where the device has
-one, foreach otherwise. The schedule is a pure function of training progress — linear warmup, then cosine
-decay to `min_lr_ratio × lr` — so resuming needs only the step, and a wall-clock budget can drive it.
+weights, embeddings) decays, vectors (norm gains) do not. `lr_scales` gives some parameters, picked by
+name suffix, a multiple of the learning rate (LoRA+ trains `lora_B` faster than `lora_A`); a group keeps
+its multiple as `lr_scale`, so the schedule and a resumed run apply it too. The fused kernel is used where
+the device has one, foreach otherwise. The schedule is a pure function of training progress — linear
+warmup, then cosine decay to `min_lr_ratio × lr` — so resuming needs only the step, and a wall-clock
+budget can drive it.
 """
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 
 def build_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over the model's trainable parameters, decay only on tensors with ≥ 2 dims."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    """AdamW over the model's trainable parameters, decay only on tensors with ≥ 2 dims.
+
+    `lr_scales` maps a parameter-name suffix to a multiple of `lr` for the parameters whose name ends so.
+    """
+    scales = dict(lr_scales or {})
+    grouped: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next((s for suffix, s in scales.items() if name.endswith(suffix)), 1.0)
+        grouped.setdefault((param.dim() >= 2, scale), []).append(param)
     groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": params,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr": lr * scale,
+            "lr_scale": scale,
+        }  # fmt: skip
+        for (decays, scale), params in grouped.items()
+        if params or scale == 1.0
     ]
     fused = device.type == "cuda"
     return torch.optim.AdamW(
@@ -43,6 +66,6 @@ def lr_multiplier(step: int, progress: float, *, warmup_steps: int, min_lr_ratio
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
+    """Set the learning rate of every parameter group, times the group's `lr_scale`."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

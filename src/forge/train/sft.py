@@ -178,7 +178,8 @@ def sft(config: SftConfig) -> dict[str, Any]:
         wrapped = apply_lora(model, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(model):.2f}% of the weights train")
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2), device=device)  # fmt: skip
+                                betas=(config.beta1, config.beta2), device=device,
+                                lr_scales=config.adapter.lr_scales if config.lora else None)  # fmt: skip
     loader = RowLoader(rows, config.batch_size, seed=config.seed)
     state = start_or_resume(run_dir, resume=config.resume, model=model, optimizer=optimizer, data=loader,
                             tokenizer=tokenizer)  # fmt: skip
