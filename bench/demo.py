@@ -4,6 +4,7 @@ Runs every stage through the `forge` command, as a user would type it, and times
 
     prepare → tokenizer → tokenize → pretrain (`small`, bounded wall clock) → generate → eval
     → synth-sft → sft (chat fine-tuning) → chat --prompt (one held-out instruction)
+    → data images (the digits) → image train (diffusion) → image generate ("a handwritten three" … "nine")
 
 The model is the `small` preset's width (256) with 6 layers instead of 10 and a 256-token context: with
 12 minutes of two CPU cores the run is compute-bound, and the shallower model reads 1.5x more tokens
@@ -26,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "demo.json"
 PROMPTS = ("def ", "class ", "import ")
+IMAGE_STEPS = 1500
+DIGITS = ("three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def forge(*args: str, stdout: Path | None = None) -> float:
@@ -49,12 +52,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget")
     parser.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary")
     parser.add_argument("--sft-minutes", type=float, default=4.0, help="fine-tuning wall-clock budget")
+    parser.add_argument("--image-steps", type=int, default=IMAGE_STEPS, help="diffusion training steps")
     args = parser.parse_args()
 
     work = Path(args.out)
     docs, tokenizer, tokens, run = work / "docs", work / "tokenizer", work / "tokens", work / "runs" / "small"
     sft_data, sft_run = work / "sft", work / "runs" / "sft"
-    for directory in (run, sft_run):
+    images, image_run, grid = work / "images", work / "runs" / "diffusion", work / "digits.png"
+    for directory in (run, sft_run, image_run):
         shutil.rmtree(directory, ignore_errors=True)  # the demo trains from scratch every time
     seconds: dict[str, float] = {}
     seconds["prepare"] = forge("data", "prepare", "--out", str(docs))
@@ -109,6 +114,18 @@ def main() -> None:
     print(f"held-out instruction: {question}\nmodel's answer:\n{answer}\nreference answer:\n{expected}")
     sft_summary = json.loads((sft_run / "summary.json").read_text())
 
+    seconds["data images"] = forge("data", "images", "--out", str(images))
+    seconds["image train"] = forge(
+        "image", "train", "--model", "diffusion", "--data", str(images), "--out", str(image_run),
+        "--max-steps", str(args.image_steps), "--sample-every", "500", "--checkpoint-every", "500",
+    )  # fmt: skip
+    seconds["image generate"] = forge(
+        "image", "generate", str(image_run), *(f"a handwritten {word}" for word in DIGITS),
+        "--num", "8", "--steps", "50", "--guidance", "3", "--out", str(grid),
+    )  # fmt: skip
+    image_summary = json.loads((image_run / "summary.json").read_text())
+    held_out_wording = image_summary.get("held_out_wording", {})
+
     summary = json.loads((run / "summary.json").read_text())
     evaluation = json.loads(eval_json.read_text())
     reduction = 1 - evaluation["bpb"] / evaluation["unigram_bpb"]
@@ -122,7 +139,10 @@ def main() -> None:
             "sft_val_loss_after": sft_summary["val_loss_after"],
             "sft_loss_reduction": sft_summary["val_loss_reduction"],
             "sft_forgetting_bpb": sft_summary.get("forgetting_bpb"),
+            "diffusion_train_minutes": image_summary["train_minutes"],
+            "diffusion_accuracy_held_out_wording": held_out_wording.get("conditioning_accuracy"),
         },
+        "digit_grid": str(grid),
         "held_out_exchange": {"instruction": question, "answer": answer, "reference": expected},
         "run": {k: summary[k] for k in ("steps", "tokens", "parameters", "tokens_per_s", "val_loss")},
         "val_tokens": evaluation["tokens"],
@@ -137,6 +157,9 @@ def main() -> None:
         f"vs unigram {evaluation['unigram_bpb']:.3f} "
         f"({100 * reduction:.1f}% lower) after {summary['train_minutes']:.1f} minutes of training"
     )
+    print(f"diffusion: {image_summary['steps']} steps in {image_summary['train_minutes']:.1f} minutes, "
+          f"conditioning accuracy {held_out_wording.get('conditioning_accuracy')} on held-out captions "
+          f"(DDIM-50, guidance 3) · digits grid: {grid}")  # fmt: skip
     print(f"loss plot: {run / 'loss.png'} · results: {RESULTS.relative_to(ROOT)}")
 
 

@@ -234,3 +234,13 @@ def test_console_script_runs(tmp_path: Path) -> None:
         [sys.executable, "-m", "forge.cli.main", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("forge ")
+
+
+def test_a_missing_optional_package_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if not installed: importing it raises
+    monkeypatch.delitem(sys.modules, "forge.image.diffusion", raising=False)
+    assert main(["image", "train", "--model", "diffusion", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "'diffusers'" in err and "pip install 'forge[image]'" in err and "Traceback" not in err

