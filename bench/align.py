@@ -22,6 +22,7 @@ prompts, in one run.
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ def main() -> None:
     threads = set_threads(available_cores())
     sft_run, data, out = Path(args.sft), Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("rm_A", "rm_B", "dpo", "ppo"):
+        shutil.rmtree(out / name, ignore_errors=True)  # every run starts from the SFT policy again
     seconds: dict[str, float] = {}
     common = {"progress": False, "threads": threads, "eval_every": 0, "checkpoint_every": 0}
 
