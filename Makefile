@@ -48,4 +48,4 @@ bench: setup
 	$(BIN)/python bench/data.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo_out bench_out .pytest_cache .mypy_cache .ruff_cache

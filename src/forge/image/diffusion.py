@@ -269,7 +269,9 @@ def load_diffusion(run_dir: str | Path, device: str = "cpu") -> DiffusionGenerat
         )
     where = resolve_device(device)
     try:  # safetensors only: a run directory is never unpickled
-        unet = UNet2DConditionModel.from_pretrained(run_dir / "unet", use_safetensors=True).to(where)
+        unet = UNet2DConditionModel.from_pretrained(
+            run_dir / "unet", use_safetensors=True, low_cpu_mem_usage=False  # no `accelerate` needed
+        ).to(where)
         scheduler = DDIMScheduler.from_pretrained(run_dir / "scheduler")
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{run_dir}: the diffusion model cannot be loaded ({e})") from e
@@ -378,7 +380,7 @@ def train_diffusion(config: DiffusionConfig) -> dict[str, Any]:
     result = fit(config, run_dir, {"model": model, "optimizer": optimizer}, train_step, snapshot)
     snapshot(result["steps"])
     save_diffusion(run_dir, model, dict(scheduler.config))
-    plot_metrics(run_dir, ("loss",), f"diffusion {run_dir.name}")
+    plot_metrics(run_dir, ("loss",), f"diffusion · run {run_dir.name}")
     write_pictures(generator, run_dir, prompts, config.sample_steps)
     judged = judge(generator, train, val, steps=config.eval_steps, guidance=3.0) if config.eval_steps else {}
     summary = {

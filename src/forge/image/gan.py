@@ -284,7 +284,7 @@ def train_gan(config: GanConfig) -> dict[str, Any]:
     result = fit(config, run_dir, parts, train_step, snapshot)
     snapshot(result["steps"])
     save_weights(run_dir / "model.safetensors", sampler.generator)
-    plot_metrics(run_dir, ("d_loss", "g_loss", "d_real", "d_fake"), f"GAN {run_dir.name}")
+    plot_metrics(run_dir, ("d_loss", "g_loss", "d_real", "d_fake"), f"GAN · run {run_dir.name}")
     grid = sampler.generate([p for p in prompts for _ in range(8)], seed=0)
     save_grid(grid, run_dir / "samples.png", nrow=8, labels=prompts)
     summary = {"kind": "gan", **result, **judge(sampler, train, val)}

@@ -327,7 +327,7 @@ def train_vae(config: VaeConfig) -> dict[str, Any]:
     result = fit(config, run_dir, {"model": model, "optimizer": optimizer}, train_step, snapshot)
     snapshot(result["steps"])
     save_weights(run_dir / "model.safetensors", model)
-    plot_metrics(run_dir, ("loss", "reconstruction", "kl"), f"VAE {run_dir.name}")
+    plot_metrics(run_dir, ("loss", "reconstruction", "kl"), f"VAE · run {run_dir.name}")
     held_out = val if val is not None else train
     write_pictures(generator, run_dir, prompts, held_out, config.temperature)
     summary = {
