@@ -157,9 +157,10 @@ def main() -> None:
         f"vs unigram {evaluation['unigram_bpb']:.3f} "
         f"({100 * reduction:.1f}% lower) after {summary['train_minutes']:.1f} minutes of training"
     )
+    accuracy = held_out_wording.get("conditioning_accuracy")
+    judged = f"conditioning accuracy {100 * accuracy:.1f}% on held-out captions (DDIM-50, guidance 3)"
     print(f"diffusion: {image_summary['steps']} steps in {image_summary['train_minutes']:.1f} minutes, "
-          f"conditioning accuracy {held_out_wording.get('conditioning_accuracy')} on held-out captions "
-          f"(DDIM-50, guidance 3) · digits grid: {grid}")  # fmt: skip
+          f"{judged if accuracy is not None else 'not judged'} · digits grid: {grid}")  # fmt: skip
     print(f"loss plot: {run / 'loss.png'} · results: {RESULTS.relative_to(ROOT)}")
 
 
