@@ -270,7 +270,9 @@ def load_diffusion(run_dir: str | Path, device: str = "cpu") -> DiffusionGenerat
     where = resolve_device(device)
     try:  # safetensors only: a run directory is never unpickled
         unet = UNet2DConditionModel.from_pretrained(
-            run_dir / "unet", use_safetensors=True, low_cpu_mem_usage=False  # no `accelerate` needed
+            run_dir / "unet",
+            use_safetensors=True,
+            low_cpu_mem_usage=False,  # no `accelerate` needed
         ).to(where)
         scheduler = DDIMScheduler.from_pretrained(run_dir / "scheduler")
     except (OSError, ValueError) as e:
