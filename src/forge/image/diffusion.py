@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel  # untyped for mypy: `Any` in signatures
 from torch import nn
 
-from forge.data.images import DIGIT_WORDS, TRAIN_TEMPLATES, ImageDataConfig, ImageSet, prepare_images
+from forge.data.images import DIGIT_WORDS, TRAIN_TEMPLATES, ImageSet
 from forge.errors import CheckpointError, ConfigError
 from forge.image.grids import save_grid
 from forge.image.schedulers import (
@@ -69,8 +69,6 @@ from forge.runtime import resolve_device
 class DiffusionConfig(ImageTrainConfig):
     """Options of `forge image train --model diffusion`: the image training options, plus UNet and noise."""
 
-    data: str = "data/images"
-    """directory written by `forge data images`, or 'digits' to prepare the built-in digits into RUN/data"""
     out: str = "runs/diffusion"
     """run directory to write"""
     width: int = 32
@@ -294,15 +292,6 @@ def learning_rate(config: DiffusionConfig, step: int) -> float:
     )
 
 
-def _data_dir(config: DiffusionConfig, run_dir: Path) -> str:
-    if config.data != "digits":
-        return config.data
-    data_dir = run_dir / "data"
-    if not (data_dir / "manifest.json").is_file():
-        prepare_images(ImageDataConfig(out=str(data_dir), seed=config.seed))
-    return str(data_dir)
-
-
 def caption_sampler(train: ImageSet, recaption: bool) -> Callable[[torch.Tensor], list[str]]:
     """Captions for a batch of image indices: the stored ones, or (labelled digits with `recaption`) a
     fresh training wording per image, drawn from torch's RNG so that resume is exact."""
@@ -341,7 +330,7 @@ def validation_loss(
 def train_diffusion(config: DiffusionConfig) -> dict[str, Any]:
     """Train a text-conditioned diffusion model; write the run directory and return the summary."""
     run_dir, device = open_image_run(config)
-    train, val = load_splits(_data_dir(config, run_dir))
+    train, val = load_splits(config.data, run_dir, seed=config.seed)
     channels, size = train.images.shape[1], train.images.shape[-1]
     scheduler = training_scheduler(beta_schedule=config.beta_schedule, prediction_type=config.prediction)
     text_encoder = TextEncoder(config.text_encoder, config.cond_dim)

@@ -33,6 +33,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from forge.errors import ConfigError
 from forge.image.grids import save_grid
+from forge.image.runs import read_run_config
 from forge.image.text_encoder import TextEncoder
 from forge.image.training import (
     ImageTrainConfig,
@@ -44,7 +45,6 @@ from forge.image.training import (
     load_weights,
     open_image_run,
     plot_metrics,
-    read_config,
     save_weights,
     stage_channels,
     stages,
@@ -218,7 +218,7 @@ def _mismatched(captions: list[str], labels: list[int]) -> tuple[list[str], torc
 def train_gan(config: GanConfig) -> dict[str, Any]:
     """Train a conditional GAN on a prepared image set; write the run directory; return the summary."""
     run_dir, device = open_image_run(config)
-    train, val = load_splits(config.data)
+    train, val = load_splits(config.data, run_dir, seed=config.seed)
     channels, size = train.images.shape[1], train.images.shape[-1]
     generator, discriminator = _networks(config, channels, size)
     generator, discriminator = generator.to(device), discriminator.to(device)
@@ -294,7 +294,7 @@ def train_gan(config: GanConfig) -> dict[str, Any]:
 
 def load_gan(run_dir: str | Path, device: str = "cpu") -> GanGenerator:
     """Load a GAN run directory written by `train_gan` (the averaged generator when --ema was on)."""
-    saved = read_config(run_dir, "gan")
+    saved = read_run_config(run_dir, "gan")
     config = GanConfig(**saved["config"])
     generator, _ = _networks(config, saved["image"]["channels"], saved["image"]["size"])
     load_weights(Path(run_dir) / "model.safetensors", generator)

@@ -27,8 +27,9 @@ class ImageGenerator(Protocol):
         ...
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The `config.json` of an image run; a CheckpointError says what is wrong and how to make one."""
+def read_run_config(run_dir: str | Path, expected: str | None = None) -> dict[str, Any]:
+    """The `config.json` of an image run (of kind `expected`, when given); a CheckpointError says what is
+    wrong and how to make one."""
     path = Path(run_dir) / "config.json"
     how = "train one with `forge image train --model diffusion|vae|gan --out DIR`"
     if not path.is_file():
@@ -42,6 +43,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} has kind {kind!r}, not one of {', '.join(KINDS)}: {run_dir} is not an image run; {how}"
         )
+    if expected is not None and kind != expected:
+        raise CheckpointError(f"{path}: {run_dir} is a {kind} run, not a {expected} run")
     return config
 
 

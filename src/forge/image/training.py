@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from forge.data.images import ImageSet, load_images
+from forge.data.images import ImageDataConfig, ImageSet, load_images, prepare_images
 from forge.errors import CheckpointError, ConfigError, DataError
 from forge.image.text_encoder import KINDS as TEXT_ENCODERS
 from forge.io import atomic_dir, write_json, write_text, write_with
@@ -38,7 +38,8 @@ class ImageTrainConfig:
     """Options every small image model trains with: data, run directory, text encoder, schedule."""
 
     data: str = "data/images"
-    """directory written by `forge data images` (its train split trains, its val split is held out)"""
+    """directory written by `forge data images` (its train split trains, its val split is held out), or
+    'digits' to prepare the built-in digits into RUN/data"""
     out: str = "runs/image"
     """run directory to write"""
     resume: bool = False
@@ -130,8 +131,13 @@ def open_image_run(config: ImageTrainConfig) -> tuple[Path, torch.device]:
     return run_dir, device
 
 
-def load_splits(data: str) -> tuple[ImageSet, ImageSet | None]:
-    """The train split of a prepared image directory and its val split (None when empty or absent)."""
+def load_splits(data: str, run_dir: Path, *, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:
+    """The train split of a prepared image directory and its val split (None when empty or absent);
+    `data` 'digits' prepares the built-in digits into RUN/data first (once)."""
+    if data == "digits":
+        data = str(run_dir / "data")
+        if not (Path(data) / "manifest.json").is_file():
+            prepare_images(ImageDataConfig(out=data, seed=seed))
     train = load_images(data, "train")
     if len(train) == 0:
         raise DataError(f"{data}: the train split is empty; prepare more images with `forge data images`")
@@ -176,18 +182,6 @@ def load_weights(path: Path, module: nn.Module) -> None:
         module.load_state_dict(load_file(str(path)))
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights do not fit the model in config.json ({e})") from e
-
-
-def read_config(run_dir: str | Path, kind: str) -> dict[str, Any]:
-    """The `config.json` of a run of `kind`, checked."""
-    path = Path(run_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} cannot be read ({e}); pass a run directory written by training") from e
-    if config.get("kind") != kind:
-        raise CheckpointError(f"{path}: kind is {config.get('kind')!r}, not {kind!r}")
-    return config
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from torch import nn
 
 from forge.errors import ConfigError
 from forge.image.grids import save_grid
+from forge.image.runs import read_run_config
 from forge.image.text_encoder import TextEncoder
 from forge.image.training import (
     ImageTrainConfig,
@@ -43,7 +44,6 @@ from forge.image.training import (
     load_weights,
     open_image_run,
     plot_metrics,
-    read_config,
     save_weights,
     stage_channels,
     stages,
@@ -292,7 +292,7 @@ def _build(config: VaeConfig, channels: int, size: int) -> ConditionalVAE:
 def train_vae(config: VaeConfig) -> dict[str, Any]:
     """Train a conditional VAE on a prepared image set; write the run directory; return the summary."""
     run_dir, device = open_image_run(config)
-    train, val = load_splits(config.data)
+    train, val = load_splits(config.data, run_dir, seed=config.seed)
     channels, size = train.images.shape[1], train.images.shape[-1]
     model = _build(config, channels, size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -342,7 +342,7 @@ def train_vae(config: VaeConfig) -> dict[str, Any]:
 
 def load_vae(run_dir: str | Path, device: str = "cpu") -> VaeGenerator:
     """Load a VAE run directory written by `train_vae`."""
-    saved = read_config(run_dir, "vae")
+    saved = read_run_config(run_dir, "vae")
     config = VaeConfig(**saved["config"])
     model = _build(config, saved["image"]["channels"], saved["image"]["size"])
     load_weights(Path(run_dir) / "model.safetensors", model)
