@@ -380,6 +380,14 @@ def test_top_p_by_selection_cuts_exactly_where_sorting_does(scale: float, top_p:
     expected = _top_p_by_sorting(logits, top_p)
     if scale == 8.0 or (scale == 0.01 and top_p >= 0.9):  # peaked, or flat with a thin cut tail
         assert selected is not None  # decided without the full sort
-    if selected is not None:
-        assert torch.equal(torch.isinf(selected), torch.isinf(expected))
-    assert torch.equal(apply_top_p(logits, top_p), expected)
+    # the two sum float32 probabilities in opposite orders, so a token whose exact mass before it lies
+    # within rounding of top_p may fall on either side; every other token must be cut alike
+    sorted_probs, order = torch.softmax(logits.double(), dim=-1).sort(dim=-1, descending=True)
+    mass_before = torch.empty_like(sorted_probs).scatter(-1, order, sorted_probs.cumsum(-1) - sorted_probs)
+    at_threshold = (mass_before - top_p).abs() < 1e-6
+    for result in (selected, apply_top_p(logits, top_p)):
+        if result is None:
+            continue
+        differs = torch.isinf(result) != torch.isinf(expected)
+        assert not (differs & ~at_threshold).any()
+        assert torch.equal(result[~torch.isinf(result)], logits[~torch.isinf(result)])
