@@ -76,6 +76,20 @@ def test_attention_matches_naive_reference(num_kv_heads: int) -> None:
     )
 
 
+@pytest.mark.parametrize("num_kv_heads", [4, 2, 1])
+def test_one_query_attention_matches_the_masked_kernel(num_kv_heads: int) -> None:
+    config = ModelConfig(dim=32, num_heads=4, num_kv_heads=num_kv_heads)
+    attention = Attention(config)
+    q = torch.randn(3, 4, 1, 8)  # (B, H, 1, D): one decode step per row
+    k, v = torch.randn(3, num_kv_heads, 12, 8), torch.randn(3, num_kv_heads, 12, 8)  # (B, H_kv, S, D)
+    mask = torch.arange(12)[None, None, None, :] <= torch.tensor([2, 7, 11])[:, None, None, None]  # ragged
+    groups = 4 // num_kv_heads
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1), attn_mask=mask
+    )
+    torch.testing.assert_close(attention._attend(q, k, v, mask), expected, atol=1e-6, rtol=1e-5)
+
+
 def test_attention_is_causal() -> None:
     config = ModelConfig(dim=32, num_heads=4, num_kv_heads=2)
     attention = Attention(config)

@@ -166,10 +166,8 @@ class Generation:
     @torch.inference_mode()
     def _prefill(self) -> int:
         """Allocate the cache, run the prompt, sample the first new token."""
-        context = self.model.config.context_length
-        max_seq_len = (
-            context if self.static_cache else min(self.prompt_tokens + self.config.max_new_tokens, context)
-        )
+        needed = self.prompt_tokens + self.config.max_new_tokens
+        max_seq_len = cache_length(needed, self.model.config.context_length, bucketed=self.static_cache)
         self.cache = KVCache.for_model(self.model, batch_size=1, max_seq_len=max_seq_len)
         prompt = torch.tensor([self.prompt_ids], dtype=torch.long, device=self.device)  # (1, P)
         logits = prefill(self.model, prompt, self.cache)  # (1, V)
