@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
     parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_align"), help="where the runs go")
     parser.add_argument("--prompts", type=int, default=600, help="training instructions to sample pairs for")
+    parser.add_argument("--pairs-per-prompt", type=int, default=1, help="pairs of answers sampled per prompt")
     parser.add_argument("--eval-prompts", type=int, default=100, help="held-out instructions to judge")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
     parser.add_argument("--reward-steps", type=int, default=80, help="steps of each reward model")
@@ -132,7 +133,11 @@ def main() -> None:
     train_prompts = [p for p in read_prompts(data / "train.jsonl") if "function" in p[-1]["content"]]
     train_prompts = train_prompts[: args.prompts]
     pairs, skipped = sample_pairs(
-        policy, tokenizer, train_prompts, PairConfig(max_new_tokens=args.max_new_tokens), model_id="sft"
+        policy,
+        tokenizer,
+        train_prompts,
+        PairConfig(max_new_tokens=args.max_new_tokens, pairs_per_prompt=args.pairs_per_prompt),
+        model_id="sft",
     )
     prefs = out / "prefs.jsonl"
     pair_report = synthesize(pairs, prefs, prompts=len(train_prompts), skipped=skipped)
@@ -235,6 +240,7 @@ def main() -> None:
     ]
     payload = {
         "summary": summary,
+        "args": vars(args),
         "pairs": pair_report,
         "reward_models": rm,
         "dpo": dpo_summary,
