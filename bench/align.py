@@ -12,9 +12,11 @@ prompts, in one run.
    prompts, KL penalty to the SFT policy.
 4. Held-out: `--eval-prompts` instructions of the synth-sft validation set (modules never seen). Each
    policy answers each with the same seed (temperature 0.7); the judge scores every answer; a policy
-   wins a prompt when the judge scores its answer above the SFT policy's (a tie counts half). The rule
-   gives each policy's pass rate, and KL to the SFT policy is the mean over answers of the summed
-   log-ratio of the policy's own sampled tokens (the k1 estimate).
+   wins a prompt when the judge scores its answer above the SFT policy's (a tie counts half). The rule,
+   the ground truth the pairs came from, gives each policy's pass rate, its mean score (the fraction of
+   checks that hold) and its own head-to-head verdict against the SFT policy's answer to the same prompt
+   (`rule_win_rate_*`: preferred 1, cannot tell 0.5). KL to the SFT policy is the mean over answers of
+   the summed log-ratio of the policy's own sampled tokens (the k1 estimate).
 
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 """
@@ -24,6 +26,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +37,8 @@ from forge.align.formats import read_prompts
 from forge.align.losses import token_logprobs
 from forge.align.ppo import PpoConfig, ppo
 from forge.align.reward import RewardConfig, load_reward_model, score_answers, train_reward_model
-from forge.align.rule import judge
-from forge.align.sample_pairs import PairConfig, sample_pairs, synthesize
+from forge.align.rule import compare, judge, task_of
+from forge.align.sample_pairs import PairConfig, report_path, sample_pairs, synthesize
 from forge.infer.batch import generate_batch
 from forge.infer.sampling import SamplingConfig
 from forge.model.io import load_model
@@ -105,6 +108,11 @@ def kl_to(
     return total / max(len(prompts), 1)
 
 
+def instructions(path: Path) -> list:
+    """The prompts of a synth-sft split that the rule has a check for (write or explain a function)."""
+    return [p for p in read_prompts(path) if task_of(p)[0] != "other"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,10 +122,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_align"), help="where the runs go")
     parser.add_argument("--prompts", type=int, default=600, help="training instructions to sample pairs for")
     parser.add_argument("--pairs-per-prompt", type=int, default=1, help="pairs of answers sampled per prompt")
+    parser.add_argument(
+        "--reuse-pairs",
+        action="store_true",
+        help="judge the pairs an earlier run left in --out instead of sampling new ones (same --sft only)",
+    )
     parser.add_argument("--eval-prompts", type=int, default=100, help="held-out instructions to judge")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
     parser.add_argument("--reward-steps", type=int, default=80, help="steps of each reward model")
     parser.add_argument("--dpo-steps", type=int, default=80, help="DPO steps")
+    parser.add_argument("--dpo-lr", type=float, default=2e-5, help="DPO learning rate")
     parser.add_argument("--ppo-steps", type=int, default=96, help="PPO minibatch updates")
     args = parser.parse_args()
     threads = set_threads(available_cores())
@@ -130,17 +144,20 @@ def main() -> None:
 
     start = time.perf_counter()
     policy, tokenizer = load_model(sft_run), Tokenizer.load(sft_run / "tokenizer")
-    train_prompts = [p for p in read_prompts(data / "train.jsonl") if "function" in p[-1]["content"]]
-    train_prompts = train_prompts[: args.prompts]
-    pairs, skipped = sample_pairs(
-        policy,
-        tokenizer,
-        train_prompts,
-        PairConfig(max_new_tokens=args.max_new_tokens, pairs_per_prompt=args.pairs_per_prompt),
-        model_id="sft",
-    )
     prefs = out / "prefs.jsonl"
-    pair_report = synthesize(pairs, prefs, prompts=len(train_prompts), skipped=skipped)
+    if args.reuse_pairs and prefs.exists() and report_path(prefs).exists():
+        pair_report = json.loads(report_path(prefs).read_text())
+        print(f"pairs: reusing {prefs} ({pair_report['pairs_kept']} pairs)", flush=True)
+    else:
+        train_prompts = instructions(data / "train.jsonl")[: args.prompts]
+        pairs, skipped = sample_pairs(
+            policy,
+            tokenizer,
+            train_prompts,
+            PairConfig(max_new_tokens=args.max_new_tokens, pairs_per_prompt=args.pairs_per_prompt),
+            model_id="sft",
+        )
+        pair_report = synthesize(pairs, prefs, prompts=len(train_prompts), skipped=skipped)
     halves = split_pairs(prefs, out)
     seconds["pairs"] = time.perf_counter() - start
     print(f"pairs: {json.dumps(pair_report)[:400]}", flush=True)
@@ -168,6 +185,7 @@ def main() -> None:
             val_data=str(halves["B"]),
             out=str(out / "dpo"),
             max_steps=args.dpo_steps,
+            lr=args.dpo_lr,
             **common,
         )
     )
@@ -197,9 +215,7 @@ def main() -> None:
     seconds["ppo"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    held_out = [p for p in read_prompts(data / "val.jsonl") if "function" in p[-1]["content"]][
-        : args.eval_prompts
-    ]
+    held_out = instructions(data / "val.jsonl")[: args.eval_prompts]
     judge_model = load_reward_model(out / "rm_B")
     policies = {"sft": policy, "dpo": load_model(out / "dpo"), "ppo": load_model(out / "ppo")}
     answers = {
@@ -209,10 +225,19 @@ def main() -> None:
         name: score_answers(judge_model, tokenizer, [(p, a[0]) for p, a in zip(held_out, ans, strict=True)])
         for name, ans in answers.items()
     }
-    rule_pass = {
-        name: sum(judge(p, a[0], finished=a[1]).passes for p, a in zip(held_out, ans, strict=True))
-        / len(held_out)
+    verdicts = {
+        name: [judge(p, a[0], finished=a[1]) for p, a in zip(held_out, ans, strict=True)]
         for name, ans in answers.items()
+    }
+    rule_pass = {name: sum(v.passes for v in vs) / len(held_out) for name, vs in verdicts.items()}
+    rule_score = {name: sum(v.score for v in vs) / len(held_out) for name, vs in verdicts.items()}
+    rule_wins = {
+        name: sum(
+            {"a": 1.0, "b": 0.0, None: 0.5}[compare(v, base)]
+            for v, base in zip(verdicts[name], verdicts["sft"], strict=True)
+        )
+        / len(held_out)
+        for name in ("dpo", "ppo")
     }
     wins = {
         name: sum(
@@ -234,6 +259,11 @@ def main() -> None:
         "rule_pass_rate_sft": round(rule_pass["sft"], 4),
         "rule_pass_rate_dpo": round(rule_pass["dpo"], 4),
         "rule_pass_rate_ppo": round(rule_pass["ppo"], 4),
+        "rule_score_sft": round(rule_score["sft"], 4),
+        "rule_score_dpo": round(rule_score["dpo"], 4),
+        "rule_score_ppo": round(rule_score["ppo"], 4),
+        "rule_win_rate_dpo": round(rule_wins["dpo"], 4),
+        "rule_win_rate_ppo": round(rule_wins["ppo"], 4),
     }
     examples = [
         {"prompt": held_out[i][-1]["content"], **{n: answers[n][i][0] for n in answers}} for i in range(3)
@@ -246,6 +276,10 @@ def main() -> None:
         "dpo": dpo_summary,
         "ppo": ppo_summary,
         "held_out_prompts": len(held_out),
+        "held_out_failed_checks": {
+            name: dict(Counter(check for v in vs for check in v.failed).most_common())
+            for name, vs in verdicts.items()
+        },
         "examples": examples,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "threads": threads,
