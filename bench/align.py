@@ -19,6 +19,13 @@ prompts, in one run.
    the summed log-ratio of the policy's own sampled tokens (the k1 estimate).
 
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
+
+bench/results/align.json was made after `make demo` with a policy fine-tuned further than the demo's:
+
+    forge sft demo_out/runs/sft --data demo_out/sft/train.jsonl --out demo_out/runs/sft_long \
+        --lr 1e-3 --max-steps 1100 --batch-size 8
+    python bench/align.py --sft demo_out/runs/sft_long --prompts 3000 --pairs-per-prompt 2 \
+        --eval-prompts 200 --reward-steps 320 --dpo-steps 240
 """
 
 import argparse
