@@ -15,8 +15,8 @@ prompts, in one run.
    wins a prompt when the judge scores its answer above the SFT policy's (a tie counts half). The rule,
    the ground truth the pairs came from, gives each policy's pass rate, its mean score (the fraction of
    checks that hold) and its own head-to-head verdict against the SFT policy's answer to the same prompt
-   (`rule_win_rate_*`: preferred 1, cannot tell 0.5). KL to the SFT policy is the mean over answers of
-   the summed log-ratio of the policy's own sampled tokens (the k1 estimate).
+   (`rule_win_rate_*`: preferred 1, cannot tell 0.5, the SFT answer preferred 0). KL to the SFT policy
+   is the mean over answers of the summed log-ratio of the policy's own sampled tokens (the k1 estimate).
 
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 
@@ -34,6 +34,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,12 @@ def instructions(path: Path) -> list:
     return [p for p in read_prompts(path) if task_of(p)[0] != "other"]
 
 
+def win_rate(outcomes: Iterable[int]) -> float:
+    """The share of comparisons won, a tie counting half: outcomes are 1 (won), 0 (tie), -1 (lost)."""
+    results = list(outcomes)
+    return sum((o + 1) / 2 for o in results) / len(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -143,6 +150,12 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(available_cores())
     sft_run, data, out = Path(args.sft), Path(args.data), Path(args.out)
+    prefs = out / "prefs.jsonl"
+    if args.reuse_pairs and not (prefs.exists() and report_path(prefs).exists()):
+        raise SystemExit(
+            f"--reuse-pairs: no earlier pairs in {out} ({prefs.name} and {report_path(prefs).name}); "
+            "run once without --reuse-pairs to sample them"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for name in ("rm_A", "rm_B", "dpo", "ppo"):
         shutil.rmtree(out / name, ignore_errors=True)  # every run starts from the SFT policy again
@@ -151,8 +164,7 @@ def main() -> None:
 
     start = time.perf_counter()
     policy, tokenizer = load_model(sft_run), Tokenizer.load(sft_run / "tokenizer")
-    prefs = out / "prefs.jsonl"
-    if args.reuse_pairs and prefs.exists() and report_path(prefs).exists():
+    if args.reuse_pairs:
         pair_report = json.loads(report_path(prefs).read_text())
         print(f"pairs: reusing {prefs} ({pair_report['pairs_kept']} pairs)", flush=True)
     else:
@@ -239,18 +251,14 @@ def main() -> None:
     rule_pass = {name: sum(v.passes for v in vs) / len(held_out) for name, vs in verdicts.items()}
     rule_score = {name: sum(v.score for v in vs) / len(held_out) for name, vs in verdicts.items()}
     rule_wins = {
-        name: sum(
-            {"a": 1.0, "b": 0.0, None: 0.5}[compare(v, base)]
+        name: win_rate(
+            {"a": 1, "b": -1, None: 0}[compare(v, base)]
             for v, base in zip(verdicts[name], verdicts["sft"], strict=True)
         )
-        / len(held_out)
         for name in ("dpo", "ppo")
     }
     wins = {
-        name: sum(
-            1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores[name], scores["sft"], strict=True)
-        )
-        / len(held_out)
+        name: win_rate((s > b) - (s < b) for s, b in zip(scores[name], scores["sft"], strict=True))
         for name in ("dpo", "ppo")
     }
     kl = {name: kl_to(policies[name], policy, tokenizer, held_out, answers[name]) for name in ("dpo", "ppo")}
