@@ -35,7 +35,7 @@ from forge.model.config import flops_per_token, model_preset
 from forge.model.io import export_hf
 from forge.model.transformer import Transformer
 from forge.runtime import available_cores, resolve_device
-from forge.train.mfu import measure_peak_flops
+from forge.train.mfu import measure_peak_flops, model_flops_utilization
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast, cpu_has_native_bf16
 
@@ -133,7 +133,7 @@ def run_case(name: str, dtype_name: str, args: argparse.Namespace, device: torch
             "tokens_per_s": round(tokens / seconds, 1),
             "step_seconds": round(seconds, 4),
             "warmup_seconds": round(warm, 1),
-            "mfu": round(per_token * tokens / seconds / peak, 4),
+            "mfu": model_flops_utilization(per_token, tokens / seconds, peak),
         }
         mfu = 100 * per_token * tokens / seconds / peak
         print(f"{name:>6} {dtype_name:>8} {label:<15} {tokens / seconds:9.1f} tok/s  MFU {mfu:5.1f}%  "

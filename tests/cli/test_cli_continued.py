@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from forge.cli.main import main
 from forge.tokenizer.bpe import Tokenizer
@@ -30,6 +31,12 @@ def _read(path: Path) -> dict:
 
 def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_evaluation(a: float, b: float) -> bool:
+    """Bitwise on CPU. On CUDA, the same weights evaluated by two model instances were seen to differ in
+    the 8th significant digit, so there the two must agree to 1e-6 relative."""
+    return a == b if not torch.cuda.is_available() else a == pytest.approx(b, rel=1e-6)
 
 
 def _losses(run: Path) -> dict[int, float]:
@@ -67,7 +74,7 @@ def test_init_from_starts_from_the_run_weights_and_measures_the_original_domain(
     assert initial["step"] == 0 and initial["val_final"]
     # the original domain (the data recorded in the run's config.json) scored at step 0 by the run's
     # weights: exactly the run's own final evaluation
-    assert initial["val_loss_original"] == base["val_loss"]
+    assert _same_evaluation(initial["val_loss_original"], base["val_loss"])
     assert initial["val_loss"] > initial["val_loss_original"]  # the new domain is new to it
     summary = _read(run / "summary.json")
     assert summary["init_from"] == str(base_run)
@@ -106,7 +113,7 @@ def test_continued_run_with_replay_resumes_exactly(
     assert summaries[1]["init_from"] == str(base_run)
     assert summaries[0]["original_domain"] == summaries[1]["original_domain"]
     before = summaries[0]["original_domain"]["bpb_before"]  # the replay data's val split, at step 0
-    assert before == _read(base_run / "summary.json")["val_bpb"]
+    assert _same_evaluation(before, _read(base_run / "summary.json")["val_bpb"])
 
 
 def test_mistakes_get_a_clear_error(

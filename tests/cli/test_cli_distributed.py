@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from forge.errors import ConfigError
+from forge.train.distributed import init_world
 
 TOLERANCE = 1e-4  # absolute, on the train loss: reductions split across processes round differently
 # a constant learning rate, so a run stopped early and one that goes on share their schedule
@@ -15,7 +19,7 @@ COMMON = ["--model.dim", "32", "--model.num-layers", "2", "--model.num-heads", "
           "--model.num-kv-heads", "2",
           "--model.context-length", "32", "--eval-every", "0", "--checkpoint-every", "4", "--log-every", "1",
           "--warmup-steps", "0", "--min-lr-ratio", "1.0", "--no-progress", "--peak-tflops", "1",
-          "--threads", "1"]  # fmt: skip
+          "--threads", "1", "--device", "cpu"]  # fmt: skip
 
 
 def _run(shards: Path, run: Path, processes: int, batch: int, steps: int, *extra: str) -> None:
@@ -55,3 +59,12 @@ def test_ddp_and_fsdp_follow_the_single_process_run_and_resume_in_one_process(
     resumed = _losses(tmp_path / "fsdp")
     for step in range(9, 13):
         assert resumed[step] == pytest.approx(expected[step], abs=TOLERANCE), step
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torchrun --nproc-per-node=2 on a one-GPU machine: the second process has no device of its own
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"1 CUDA device\(s\).*--nproc-per-node.*--device cpu"):
+        init_world("ddp", torch.device("cuda"))

@@ -7,7 +7,7 @@ import torch
 from test_train_checkpoint import CPU, _setup
 
 from forge.train.loop import TrainConfig, TrainState, train
-from forge.train.mfu import measure_peak_flops
+from forge.train.mfu import measure_peak_flops, model_flops_utilization
 
 
 def test_peak_is_a_positive_rate_and_small_probes_stay_small() -> None:
@@ -24,4 +24,10 @@ def test_each_log_record_carries_mfu_from_throughput(tmp_path: Path) -> None:
     logged = [r for r in records if "train_loss" in r]
     assert len(logged) == 2
     for r in logged:
-        assert r["mfu"] == round(1e6 * r["tokens_per_s"] / 1e9, 4)
+        assert r["mfu"] == float(f"{1e6 * r['tokens_per_s'] / 1e9:.4g}")
+
+
+def test_mfu_keeps_significant_digits_when_the_model_is_tiny_for_the_hardware() -> None:
+    # a 0.03M-parameter model on a GPU with a 400 TFLOP/s peak: far below 1e-4, yet not zero
+    assert model_flops_utilization(2e5, 1e5, 4e14) == 5e-5
+    assert model_flops_utilization(1.0, 0.123456789, 1.0) == 0.1235

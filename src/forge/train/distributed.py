@@ -61,6 +61,12 @@ def init_world(mode: str, device: torch.device) -> tuple[World, torch.device]:
         return World(mode=mode), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"torchrun started process {local_rank} on this node but it has "
+                f"{torch.cuda.device_count()} CUDA device(s), one per process: set --nproc-per-node to "
+                "at most that, or train these processes on the CPU with --device cpu"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -34,6 +34,7 @@ from forge.runtime import resolve_device, seed_everything, set_threads
 from forge.train.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from forge.train.distributed import World, gradient_sync
 from forge.train.metrics import MetricsLog
+from forge.train.mfu import model_flops_utilization
 from forge.train.optim import lr_multiplier, set_lr
 from forge.train.precision import autocast
 
@@ -346,7 +347,7 @@ def train(
                         "elapsed_s": round(state.elapsed_s, 3),
                     }
                     if flops_per_token and peak_flops:
-                        record["mfu"] = round(flops_per_token * tokens_per_s / peak_flops, 4)
+                        record["mfu"] = model_flops_utilization(flops_per_token, tokens_per_s, peak_flops)
                     log.log(record)
                     bar.set_postfix_str(
                         _postfix(train_loss, tokens_per_s, state, config, record.get("mfu")), refresh=False

@@ -64,3 +64,12 @@ def measure_peak_flops(
     while time.perf_counter() < deadline or best == float("inf"):
         best = min(best, once(a, b))
     return 2 * size**3 / best
+
+
+def model_flops_utilization(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:
+    """Achieved model FLOP/s over the peak, to 4 significant digits.
+
+    Significant digits, not decimal places: a tiny model on a large GPU runs at a small fraction of a
+    percent of its peak, which 4 decimal places would report as 0.
+    """
+    return float(f"{flops_per_token * tokens_per_s / peak_flops:.4g}")

@@ -41,7 +41,7 @@ from forge.train.distributed import World, close_world, full_state, init_world, 
 from forge.train.evaluate import evaluate, unigram_bpb, unigram_counts
 from forge.train.loop import TrainConfig, TrainState, resume_training, train
 from forge.train.metrics import MetricsLog, plot_losses, read_metrics
-from forge.train.mfu import measure_peak_flops
+from forge.train.mfu import measure_peak_flops, model_flops_utilization
 from forge.train.optim import build_optimizer
 from forge.train.report import hardware, write_report
 
@@ -439,7 +439,7 @@ def _finish(
         "train_minutes": round(state.elapsed_s / 60, 3),
         "wall_minutes": round((time.perf_counter() - started) / 60, 3),
         "tokens_per_s": round(state.tokens / max(state.elapsed_s, 1e-9), 1),
-        "mfu": round(per_token * state.tokens / max(state.elapsed_s, 1e-9) / peak, 4),
+        "mfu": model_flops_utilization(per_token, state.tokens / max(state.elapsed_s, 1e-9), peak),
         "val_loss": final_eval["val_loss"],
         "val_bpb": final_eval["val_bpb"],
         "unigram_bpb": unigram,
