@@ -234,6 +234,15 @@ def test_compiled_decode_gives_the_same_tokens_and_belongs_to_one_model() -> Non
     assert [c.token_ids for c in batch] == [c.token_ids for c in generate_batch(model, prompts, config)]
     with pytest.raises(ValueError, match="belongs to another model"):
         step(_model(), torch.tensor([1]), torch.tensor([0]), KVCache.for_model(model, 1))
+    # a second model of the same shape, compiled after the first, runs its own weights, not the first's
+    other = _model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1)
+    other_step = compile_decode(other, autotune=False)
+    expected = list(generate_ids(other, PROMPT, config))
+    assert expected != eager
+    assert list(generate_ids(other, PROMPT, config, decode_fn=other_step)) == expected
 
 
 def test_chat_keeps_the_system_message_and_the_turns_that_fit() -> None:

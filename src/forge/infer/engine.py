@@ -30,6 +30,7 @@ Design choices (after gpt-fast):
 
 import secrets
 import time
+import types
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Literal
 
@@ -89,8 +90,14 @@ def compile_decode(model: nn.Module, *, autotune: bool = True) -> "DecodeFn":
     options = {"freezing": True, "max_autotune": autotune}
     if next(model.parameters()).device.type == "cpu":
         options["cpp_wrapper"] = True  # no CUDA graphs on GPU: caches differ between requests
+    # dynamo keeps its compiled code on the function's code object, and with the module guards skipped
+    # nothing tells two models of one shape apart: a second model would run the first one's frozen
+    # weights. A fresh code object per call gives each compiled step a cache of its own.
+    own_step = types.FunctionType(
+        decode_one_token.__code__.replace(), decode_one_token.__globals__, decode_one_token.__name__
+    )
     compiled = torch.compile(
-        decode_one_token,
+        own_step,
         fullgraph=True,
         dynamic=False,
         options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},  # model is fixed
