@@ -60,7 +60,7 @@ def _load_optimizer(
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():  # a run on CUDA; a CPU run on a GPU machine leaves the GPUs alone
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
     np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
@@ -72,9 +72,13 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, plain
 
 
+def _device_index(key: str) -> int:
+    return int(key.removeprefix("cuda."))  # "cuda.10" after "cuda.9", not before "cuda.2"
+
+
 def _restore_rng(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=_device_index)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     kind, keys, *rest = plain["numpy"]
