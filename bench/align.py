@@ -7,7 +7,8 @@ prompts, in one run.
    cannot separate are skipped.
 2. The pairs are split in two halves by prompt: A trains the reward model that DPO data and PPO optimise
    against (RM-A, its accuracy measured on B), B trains a second reward model, the judge (RM-B, its
-   accuracy measured on A), never optimised against.
+   accuracy measured on A), never optimised against. RM-A's accuracy is also given per kind of pair, by
+   the checks of the rule that separate it (`reward_model_accuracy_by_difference`).
 3. DPO from the SFT policy on A (reference: the SFT policy); PPO from the SFT policy with RM-A on A's
    prompts, KL penalty to the SFT policy.
 4. Held-out: `--eval-prompts` instructions of the synth-sft validation set (modules never seen). Each
@@ -44,7 +45,13 @@ from forge.align.dpo import DpoConfig, dpo
 from forge.align.formats import read_prompts
 from forge.align.losses import token_logprobs
 from forge.align.ppo import PpoConfig, ppo
-from forge.align.reward import RewardConfig, load_reward_model, score_answers, train_reward_model
+from forge.align.reward import (
+    RewardConfig,
+    RewardModel,
+    load_reward_model,
+    score_answers,
+    train_reward_model,
+)
 from forge.align.rule import compare, judge, task_of
 from forge.align.sample_pairs import PairConfig, report_path, sample_pairs, synthesize
 from forge.infer.batch import generate_batch
@@ -121,6 +128,25 @@ def instructions(path: Path) -> list:
     return [p for p in read_prompts(path) if task_of(p)[0] != "other"]
 
 
+def accuracy_by_difference(model: RewardModel, tokenizer: Tokenizer, pairs_path: Path) -> dict[str, dict]:
+    """The reward model's held-out accuracy on the pairs of `pairs_path`, grouped by the checks of the rule
+    that the rejected answer fails and the chosen one passes: what the model learned to see and what not.
+    A pair file does not keep whether each answer ended by itself, so pairs that differ in no other check
+    are the rule's "finished" ones (one answer stopped at the token limit)."""
+    pairs = [json.loads(line) for line in pairs_path.read_text().splitlines() if line.strip()]
+    items = [(p["prompt"], answer) for p in pairs for answer in (p["chosen"], p["rejected"])]
+    scores = score_answers(model, tokenizer, items)
+    groups: dict[str, list[bool]] = {}
+    for i, p in enumerate(pairs):
+        chosen, rejected = judge(p["prompt"], p["chosen"]), judge(p["prompt"], p["rejected"])
+        difference = "+".join(sorted(set(rejected.failed) - set(chosen.failed))) or "finished"
+        groups.setdefault(difference, []).append(scores[2 * i] > scores[2 * i + 1])
+    return {
+        difference: {"accuracy": round(sum(right) / len(right), 4), "pairs": len(right)}
+        for difference, right in sorted(groups.items(), key=lambda item: -len(item[1]))
+    }
+
+
 def win_rate(outcomes: Iterable[int]) -> float:
     """The share of comparisons won, a tie counting half: outcomes are 1 (won), 0 (tie), -1 (lost)."""
     results = list(outcomes)
@@ -195,6 +221,8 @@ def main() -> None:
         )
         for name in ("A", "B")
     }
+    by_difference = accuracy_by_difference(load_reward_model(out / "rm_A"), tokenizer, halves["B"])
+    print(f"reward model accuracy by what separates the pair: {json.dumps(by_difference)}", flush=True)
     seconds["reward_models"] = time.perf_counter() - start
     start = time.perf_counter()
     dpo_summary = dpo(
@@ -288,6 +316,7 @@ def main() -> None:
         "args": vars(args),
         "pairs": pair_report,
         "reward_models": rm,
+        "reward_model_accuracy_by_difference": by_difference,
         "dpo": dpo_summary,
         "ppo": ppo_summary,
         "held_out_prompts": len(held_out),
