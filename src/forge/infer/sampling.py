@@ -261,9 +261,9 @@ def apply_top_p(logits: torch.Tensor, top_p: Setting) -> torch.Tensor:
     A token is kept when the probability of the tokens more likely than it is still below `top_p`, so the
     token that crosses the threshold is kept and the most likely token always is.
 
-    Sorting the whole vocabulary costs 0.5 ms a row on a CPU (stable sort, 8192 tokens), more than a
-    small model's decode step spends elsewhere, so a single `top_p` first tries `_top_p_by_selection`,
-    which decides from a partial selection when it can; the full sort runs otherwise.
+    Sorting the whole vocabulary costs 0.35 ms a row on a CPU (8192 tokens), a third of a small model's
+    decode step, so a single `top_p` first tries `_top_p_by_selection`, which decides from a partial
+    selection when it can (the 2048 most likely tokens cost 0.02 ms); the full sort runs otherwise.
     """
     if not isinstance(top_p, torch.Tensor):
         if top_p >= 1.0:
@@ -275,7 +275,7 @@ def apply_top_p(logits: torch.Tensor, top_p: Setting) -> torch.Tensor:
 
 
 def _top_p_by_selection(
-    logits: torch.Tensor, top_p: float, head: int = 256, tail: int = 1024
+    logits: torch.Tensor, top_p: float, head: int = 2048, tail: int = 1024
 ) -> torch.Tensor | None:
     """`apply_top_p` from the `head` most likely tokens when they hold at least `top_p` of the mass
     (peaked distributions), or from the `tail` least likely when they hold more than 1 - `top_p` (flat
