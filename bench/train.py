@@ -13,7 +13,8 @@ bfloat16 on a CPU without bf16 instructions: torch's own bf16 matmul is emulated
 does; forge's training loop uses `forge.train.precision.autocast`, which multiplies the bf16-rounded
 operands in float32 on such a CPU. A fourth case, `transformers_forge_autocast`, runs transformers' model
 under forge's autocast, to show how much of the bf16 speed-up is that route and how much the model. The
-bf16 cases use a smaller batch than the float32 ones so that the emulated runs finish in minutes.
+bf16 cases there use a smaller batch than the float32 ones so that the emulated runs finish in minutes;
+elsewhere (a GPU, a CPU with bf16 instructions) every case has the float32 shape.
 
     python bench/train.py [--models small,base] [--dtypes float32,bfloat16]
 """
@@ -41,7 +42,8 @@ from forge.train.precision import autocast, cpu_has_native_bf16
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
 VOCAB = 8192
-SHAPES = {"float32": (8, 256), "bfloat16": (2, 128)}  # (batch, sequence length) per dtype
+SHAPE = (8, 256)  # (batch, sequence length)
+EMULATED_BF16_SHAPE = (2, 128)  # bf16 on a CPU without bf16 instructions: torch's matmul is emulated
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +102,8 @@ def run_case(name: str, dtype_name: str, args: argparse.Namespace, device: torch
     import transformers
 
     dtype = {"float32": None, "bfloat16": torch.bfloat16}[dtype_name]
-    batch_size, seq_len = SHAPES[dtype_name]
+    emulated = dtype is not None and device.type == "cpu" and not cpu_has_native_bf16()
+    batch_size, seq_len = EMULATED_BF16_SHAPE if emulated else SHAPE
     torch.manual_seed(0)
     config = model_preset(name, vocab_size=VOCAB)
     ours = Transformer(config).to(device).train()
@@ -120,7 +123,7 @@ def run_case(name: str, dtype_name: str, args: argparse.Namespace, device: torch
         "forge_eager": make_step(ours, forge_logits, batch, dtype, device, autocast),
         "transformers": make_step(theirs, hf_logits, batch, dtype, device),
     }
-    if dtype is not None and device.type == "cpu" and not cpu_has_native_bf16():
+    if emulated:
         theirs_too = transformers.LlamaForCausalLM(theirs.config).to(device).train()
         theirs_too.load_state_dict(theirs.state_dict())
         runs["transformers_forge_autocast"] = make_step(theirs_too, hf_logits, batch, dtype, device, autocast)
