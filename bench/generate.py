@@ -79,8 +79,9 @@ def copy_bandwidths(device: torch.device, copies: int = 5, megabytes: int = 512)
 
 
 def roofline_rounds(
-    model: Transformer, decode_fn: DecodeFn, prompt: list[int], new: int, device: torch.device, rounds: int
-) -> dict:
+    model: Transformer, decode_fn: DecodeFn, prompt: list[int], new: int, device: torch.device, rounds: int,
+    weight_bytes: int,
+) -> dict:  # fmt: skip
     """The fraction of copy bandwidth that batch-1 greedy decoding reads weights at, measured in rounds.
 
     A machine shared with other work does not keep one memory bandwidth: on 2 cores of a shared host the
@@ -90,7 +91,6 @@ def roofline_rounds(
     rates over the same stretch of time: a best-of-N copy, against a decode rate averaged over 128
     steps, would compare the machine's quietest moment with an ordinary one (kept beside it, for reference).
     """
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     config = SamplingConfig(temperature=0, max_new_tokens=new, stop_on_eos=False)
     fractions, fractions_best, copy_rates, decode_rates = [], [], [], []
     for _ in range(rounds):
@@ -199,7 +199,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     results["weights_bytes"] = weight_bytes
     if name == "base":
-        results["roofline"] = roofline_rounds(ours, compiled, prompts[0].tolist(), new, device, args.rounds)
+        first = prompts[0].tolist()
+        results["roofline"] = roofline_rounds(ours, compiled, first, new, device, args.rounds, weight_bytes)
     results["parameters"] = sum(p.numel() for p in ours.parameters())
     return results
 

@@ -138,7 +138,7 @@ def run_case(name: str, dtype_name: str, args: argparse.Namespace, device: torch
             "warmup_seconds": round(warm, 1),
             "mfu": model_flops_utilization(per_token, tokens / seconds, peak),
         }
-        mfu = 100 * per_token * tokens / seconds / peak
+        mfu = 100 * result[label]["mfu"]
         print(f"{name:>6} {dtype_name:>8} {label:<15} {tokens / seconds:9.1f} tok/s  MFU {mfu:5.1f}%  "
               f"(warm-up {warm:.0f} s)", flush=True)  # fmt: skip
     theirs_tps = result["transformers"]["tokens_per_s"]
