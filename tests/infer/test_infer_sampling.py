@@ -368,28 +368,58 @@ def test_draw_uses_each_rows_own_generator() -> None:
         draw(probs, [None, None])
 
 
-@pytest.mark.parametrize("scale", [0.01, 1.0, 3.0, 8.0])  # flat, in between, a trained model's, peaked
+def _cut_alike(
+    result: torch.Tensor, expected: torch.Tensor, logits: torch.Tensor, top_p: torch.Tensor
+) -> None:
+    """`result` cuts the tokens `expected` (sorting) cuts, and leaves the others' logits as they were.
+
+    The two sum float32 probabilities in different orders, so a token whose exact mass before it lies
+    within rounding of top_p may fall on either side; every other token must be cut alike."""
+    sorted_probs, order = torch.softmax(logits.double(), dim=-1).sort(dim=-1, descending=True)
+    mass_before = torch.empty_like(sorted_probs).scatter(-1, order, sorted_probs.cumsum(-1) - sorted_probs)
+    at_threshold = (mass_before - top_p.double().reshape(-1, 1)).abs() < 1e-6
+    differs = torch.isinf(result) != torch.isinf(expected)
+    assert not (differs & ~at_threshold).any()
+    assert torch.equal(result[~torch.isinf(result)], logits[~torch.isinf(result)])
+
+
+# flat (a random model's), in between, a trained model's (scale 3: the 256 most likely tokens hold about
+# 87% of the mass), peaked
+@pytest.mark.parametrize("scale", [0.01, 0.4, 1.0, 3.0, 8.0])
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.99])
-def test_top_p_by_selection_cuts_exactly_where_sorting_does(scale: float, top_p: float) -> None:
-    from forge.infer.sampling import _top_p_by_selection, _top_p_by_sorting
+def test_top_p_by_bracket_cuts_exactly_where_sorting_does(scale: float, top_p: float) -> None:
+    from forge.infer.sampling import _top_p_by_bracket, _top_p_by_sorting
 
     logits = (
         torch.randn(4, 8192, generator=torch.Generator().manual_seed(int(scale * 100 + top_p * 10))) * scale
     )
-    selected = _top_p_by_selection(logits, top_p)
+    bracketed = _top_p_by_bracket(logits, top_p)
+    assert bracketed is not None  # decided without the full sort
     expected = _top_p_by_sorting(logits, top_p)
-    # peaked; in between (scale 3: the 2048 most likely tokens hold about 99% of the mass, the 256 most
-    # likely 87%), as the demo's small model is at temperature 1; or flat with a thin cut tail
-    if scale == 8.0 or (scale == 3.0 and top_p <= 0.95) or (scale == 0.01 and top_p >= 0.9):
-        assert selected is not None  # decided without the full sort
-    # the two sum float32 probabilities in opposite orders, so a token whose exact mass before it lies
-    # within rounding of top_p may fall on either side; every other token must be cut alike
-    sorted_probs, order = torch.softmax(logits.double(), dim=-1).sort(dim=-1, descending=True)
-    mass_before = torch.empty_like(sorted_probs).scatter(-1, order, sorted_probs.cumsum(-1) - sorted_probs)
-    at_threshold = (mass_before - top_p).abs() < 1e-6
-    for result in (selected, apply_top_p(logits, top_p)):
-        if result is None:
-            continue
-        differs = torch.isinf(result) != torch.isinf(expected)
-        assert not (differs & ~at_threshold).any()
-        assert torch.equal(result[~torch.isinf(result)], logits[~torch.isinf(result)])
+    for result in (bracketed, apply_top_p(logits, top_p)):
+        _cut_alike(result, expected, logits, torch.full((4,), top_p))
+
+
+def test_top_p_by_bracket_per_row_with_cut_tokens_and_rows_off() -> None:
+    from forge.infer.sampling import _top_p_by_bracket, _top_p_by_sorting
+
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 8192, generator=generator) * torch.tensor(
+        [[0.4], [1.0], [3.0], [8.0], [2.0], [1.0]]
+    )
+    logits[1, ::3] = float("-inf")  # an earlier cut (top-k, min-p) left tokens of probability 0
+    top_p = torch.tensor([0.9, 0.95, 0.5, 0.99, 1.0, 0.3])  # row 4: off
+    bracketed = _top_p_by_bracket(logits, top_p)
+    assert bracketed is not None
+    expected = _top_p_by_sorting(logits, top_p)
+    _cut_alike(bracketed, expected, logits, top_p)
+    assert torch.equal(bracketed[4], logits[4])
+    assert torch.isinf(bracketed[1, ::3]).all()
+
+
+def test_top_p_by_bracket_leaves_rows_of_equal_probabilities_to_sorting() -> None:
+    from forge.infer.sampling import _top_p_by_bracket, _top_p_by_sorting
+
+    flat = torch.zeros(2, 8192)  # one band of 8192 tokens: ordering it costs what sorting costs
+    assert _top_p_by_bracket(flat, 0.5) is None
+    assert torch.equal(apply_top_p(flat, 0.5), _top_p_by_sorting(flat, 0.5))
