@@ -17,9 +17,10 @@ shared machine's bandwidth moves from minute to minute (`roofline_rounds`). The 
 engine's own (`tokens_per_s` of a `Generation`: the steps after the first token, prefill excluded,
 Python between steps included). Beside the copy, each round also times the model's weight matrices
 alone, each multiplied by one vector in eager PyTorch (`matmul_stream`): the rate at which this
-machine's matrix-vector kernels read those bytes, with nothing else in a step. A copy streams faster
-than any read-only kernel on some machines, so the copy is the stricter yardstick and stays the
-summary's; the stream says how much of the gap to it is the step's own overhead.
+machine's matrix-vector kernels read those bytes, with nothing else in a step. On some machines a
+copy streams faster than the read-only kernels tried (a sum, these products), so the copy is the
+stricter yardstick and stays the summary's; the stream says how much of the gap to it is the step's
+own overhead.
 
     python bench/generate.py [--models small,base] [--new-tokens 128] [--rounds 9] [--device cpu]
 """

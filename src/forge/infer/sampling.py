@@ -291,14 +291,17 @@ def _top_p_by_bracket(
     below_top = log_probs.amax(dim=-1, keepdim=True) - log_probs  # (B, V), ≥ 0 (inf where p is 0)
     span = below_top.masked_fill(below_top.isinf(), 0.0).amax(dim=-1, keepdim=True)  # (B, 1)
     scale = bands / span.clamp(min=1e-6)  # a row of equal probabilities: one band, too crowded
-    band = (below_top * scale).clamp(max=bands - 1).long()  # (B, V), grows as p falls (≥ 0: truncation
-    # is the floor)
+    # (B, V), grows as p falls; the values are ≥ 0, so truncating to an integer is the floor
+    band = (below_top * scale).clamp(max=bands - 1).long()
+    # (B, 1 + bands): column j holds the mass of the bands before band j (column 0: none)
     band_mass = torch.zeros(probs.shape[0], bands + 1, dtype=probs.dtype, device=probs.device)
-    cumulative = band_mass.scatter_add_(-1, band + 1, probs).cumsum(dim=-1)  # (B, 1 + bands): mass of
-    # the bands before each band (column 0: none), then up to the last
-    # a number is the common case (one setting for the batch, below 1) and needs no per-row "off"
-    off = None if not isinstance(top_p, torch.Tensor) else (_column(top_p, probs) >= 1.0)  # (B, 1)
-    p = top_p if off is None else _column(top_p, probs).masked_fill(off, 0.0)  # off rows: crossing 0
+    cumulative = band_mass.scatter_add_(-1, band + 1, probs).cumsum(dim=-1)
+    off: torch.Tensor | None = None  # (B, 1): rows that keep everything; a number needs no per-row "off"
+    p: Setting = top_p
+    if isinstance(top_p, torch.Tensor):
+        column = _column(top_p, probs)
+        off = column >= 1.0
+        p = column.masked_fill(off, 0.0)  # an off row crosses at band 0; `off` keeps it whole
     crossing = (cumulative[:, 1:] < p).sum(dim=-1, keepdim=True)  # (B, 1): first band whose mass ≥ p
     if bool((crossing >= bands).any()):  # rounding left the total below p (p within 1e-7 of 1)
         return None
