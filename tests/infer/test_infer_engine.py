@@ -234,6 +234,26 @@ def test_compiled_decode_gives_the_same_tokens_and_belongs_to_one_model() -> Non
     assert [c.token_ids for c in batch] == [c.token_ids for c in generate_batch(model, prompts, config)]
     with pytest.raises(ValueError, match="belongs to another model"):
         step(_model(), torch.tensor([1]), torch.tensor([0]), KVCache.for_model(model, 1))
+    # a layout compiled before runs without compiling; a guard its layout does not cover (deterministic
+    # algorithms) still compiles, with the settings, instead of failing
+    from torch._dynamo.utils import counters
+
+    def logits_at(position: int) -> torch.Tensor:
+        with torch.inference_mode():
+            cache = KVCache.for_model(model, 1, generation.cache.max_seq_len)
+            prefill(model, torch.tensor([PROMPT]), cache)
+            return step(model, torch.tensor([eager[0]]), torch.tensor([position]), cache)
+
+    expected_logits = logits_at(len(PROMPT))
+    graphs = counters["stats"]["unique_graphs"]
+    assert torch.equal(logits_at(len(PROMPT)), expected_logits)
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.testing.assert_close(logits_at(len(PROMPT)), expected_logits)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
     # a second model of the same shape, compiled after the first, runs its own weights, not the first's
     other = _model()
     with torch.no_grad():
