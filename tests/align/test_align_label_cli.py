@@ -117,3 +117,32 @@ def test_every_label_command_has_help(command: str, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exit:
         _forge(command, "--help")
     assert exit.value.code == 0 and "usage: forge label " + command in capsys.readouterr().out
+
+
+def test_every_pair_compares_each_two_answers_of_a_prompt_once(tmp_path: Path) -> None:
+    from forge.align.preferences import NewPair
+    from forge.align.sample_pairs import SampledPair, synthesize
+
+    write = [{"role": "user", "content": "Write a Python function `add(a, b)` that adds."}]
+    good, wrong_name = "def add(a, b):\n    return a + b", "def sub(a, b):\n    return a - b"
+    broken, good_too = "def add(a, b) return", "def add(x, y):\n    return x + y"
+
+    def pair(prompt: list[dict[str, str]], a: str, b: str, finished_b: bool = True) -> SampledPair:
+        return SampledPair(NewPair(prompt=prompt, answer_a=a, answer_b=b, sampling={}, model_id="m"), True,
+                           finished_b)  # fmt: skip
+
+    explain = [{"role": "user", "content": "What does `posixpath.join` do?"}]
+    joins, joined = "It joins paths with join.", "join: It joins paths."
+    sampled = [pair(write, good, wrong_name), pair(write, broken, good_too), pair(explain, joins, joins),
+               pair(explain, joins, joined, finished_b=False)]  # fmt: skip
+    as_sampled = synthesize(sampled, tmp_path / "sampled.jsonl", prompts=2)
+    assert (as_sampled["pairs_compared"], as_sampled["pairs_kept"], as_sampled["answers"]) == (3, 3, 6)
+    every = synthesize(sampled, tmp_path / "every.jsonl", prompts=2, every_pair=True)
+    # write: 4 answers, 6 comparisons, two ties (both pass; both fail one check); explain: 2 texts, 1
+    assert (every["pairs_compared"], every["pairs_kept"], every["ties_skipped"]) == (7, 5, 2)
+    assert every["answers"] == 6 and every["pairing"] == "every pair of a prompt's answers"
+    records = read_preferences(tmp_path / "every.jsonl")
+    won = {(r["chosen"], r["rejected"]) for r in records}
+    assert {(good, wrong_name), (good, broken), (good_too, wrong_name), (good_too, broken)} <= won
+    assert (joins, joined) in won  # ended by itself beats cut at the limit
+    assert {(r["chosen"], r["rejected"]) for r in read_preferences(tmp_path / "sampled.jsonl")} <= won

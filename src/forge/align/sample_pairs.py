@@ -10,18 +10,22 @@ Design choices:
 - a pair whose two answers are the same text is useless to judge and is dropped (counted);
 - `synthesize` keeps the pairs the rule of `forge.align.rule` separates. That rule stands in for human
   judgements: it checks the form of an answer (valid Python that defines the asked function, finished,
-  not repetitive), not its truth.
+  not repetitive), not its truth. With `every_pair` it compares every two answers of a prompt, not just
+  the pairs as sampled: `--pairs-per-prompt 2` then gives 6 comparisons from 4 answers instead of 2, for
+  no more sampling (each answer is judged once).
 """
 
+import itertools
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from forge.align.formats import prompt_key
 from forge.align.preferences import Messages, NewPair
 from forge.align.rule import compare, judge
 from forge.config import to_dict
@@ -145,6 +149,30 @@ def report_path(out: str | Path) -> Path:
     return out.with_name(f"{out.name.removesuffix('.jsonl')}.report.json")
 
 
+def _comparisons(
+    pairs: Sequence[SampledPair], every_pair: bool
+) -> Iterator[tuple[Messages, list[tuple[str, bool]], list[tuple[int, int]]]]:
+    """For each prompt (in order of first appearance): its prompt, its distinct answer texts (with whether
+    each ended by itself) and the pairs of answer indices to compare: the sampled pairs, or with
+    `every_pair` every two of its answers."""
+    by_prompt: dict[str, tuple[Messages, list[tuple[str, bool]], list[tuple[int, int]]]] = {}
+    for sampled in pairs:
+        p = sampled.pair
+        prompt, answers, compared = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, [], []))
+        indices = []
+        for text, finished in ((p.answer_a, sampled.finished_a), (p.answer_b, sampled.finished_b)):
+            known = [i for i, (t, _) in enumerate(answers) if t == text]  # a text sampled twice: judged once
+            indices.append(known[0] if known else len(answers))
+            if not known:
+                answers.append((text, finished))
+        if indices[0] != indices[1]:  # the same text on both sides is no preference
+            compared.append((indices[0], indices[1]))
+    for prompt, answers, compared in by_prompt.values():
+        if every_pair:
+            compared = list(itertools.combinations(range(len(answers)), 2))
+        yield prompt, answers, compared
+
+
 def synthesize(
     pairs: Sequence[SampledPair],
     out: str | Path,
@@ -152,37 +180,40 @@ def synthesize(
     prompts: int,
     skipped: Counter[str] | None = None,
     config: PairConfig | None = None,
+    every_pair: bool = False,
 ) -> dict[str, Any]:
-    """Judge both answers of every pair with the rule; write the pairs it separates to `out` as preference
-    JSONL and a report next to it (`report_path`); returns the report."""
-    kept, ties = 0, 0
+    """Judge the answers with the rule; write the pairs it separates to `out` as preference JSONL and a
+    report next to it (`report_path`); returns the report. The sampled pairs are compared as they came,
+    or with `every_pair` every two distinct answers of a prompt (k answers give k(k-1)/2 comparisons, as
+    InstructGPT used its labellers' rankings of 4 to 9 answers: Ouyang et al. 2022, section 3.5)."""
+    kept, ties, compared_count = 0, 0, 0
     answers: Counter[str] = Counter()
     passing: Counter[str] = Counter()
     failures: Counter[str] = Counter()
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for sampled in pairs:
-            p = sampled.pair
-            verdicts = (
-                judge(p.prompt, p.answer_a, finished=sampled.finished_a),
-                judge(p.prompt, p.answer_b, finished=sampled.finished_b),
-            )
+        for prompt, texts, compared in _comparisons(pairs, every_pair):
+            verdicts = [judge(prompt, text, finished=finished) for text, finished in texts]
             for verdict in verdicts:
                 answers[verdict.kind] += 1
                 passing[verdict.kind] += verdict.passes
                 failures.update(verdict.failed)
-            better = compare(*verdicts)
-            if better is None:
-                ties += 1
-                continue
-            chosen, rejected = (p.answer_a, p.answer_b) if better == "a" else (p.answer_b, p.answer_a)
-            record = {"prompt": p.prompt, "chosen": chosen, "rejected": rejected}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            kept += 1
+            for i, j in compared:
+                compared_count += 1
+                better = compare(verdicts[i], verdicts[j])
+                if better is None:
+                    ties += 1
+                    continue
+                chosen, rejected = (texts[i][0], texts[j][0]) if better == "a" else (texts[j][0], texts[i][0])
+                record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                kept += 1
     total = sum(answers.values())
     report = {
         "note": "synthetic preferences: a readable rule (forge.align.rule) stands in for human judgements",
         "prompts": prompts,
+        "pairing": "every pair of a prompt's answers" if every_pair else "the sampled pairs",
         "pairs_sampled": len(pairs),
+        "pairs_compared": compared_count,
         "pairs_kept": kept,
         "ties_skipped": ties,
         "skipped": dict(skipped or {}),

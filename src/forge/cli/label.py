@@ -78,6 +78,12 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--out", metavar="FILE", default="prefs.jsonl", help="preference JSONL written (default: prefs.jsonl)"
     )
+    p.add_argument(
+        "--every-pair",
+        action="store_true",
+        help="compare every two answers sampled for a prompt, not only the pairs as sampled: with "
+        "--pairs-per-prompt K, 2K answers give K(2K-1) comparisons instead of K",
+    )
     p.set_defaults(handler=_synth)
 
     p = add_command(
@@ -204,10 +210,13 @@ def _synth(args: argparse.Namespace) -> None:
     prompts = prompts[: config.limit] if config.limit else prompts
     model, tokenizer, _ = load_run(args.run, device=args.device, threads=args.threads, dtype=args.dtype)
     sampled, skipped = sample_pairs(model, tokenizer, prompts, config, model_id=_model_id(args))
-    report = synthesize(sampled, args.out, prompts=len(prompts), skipped=skipped, config=config)
+    report = synthesize(
+        sampled, args.out, prompts=len(prompts), skipped=skipped, config=config, every_pair=args.every_pair
+    )
     kinds = ", ".join(f"{kind} {rate:.0%}" for kind, rate in report["pass_rate_by_kind"].items())
     print(
-        f"prompts {report['prompts']} · pairs sampled {report['pairs_sampled']} · kept {report['pairs_kept']}"
+        f"prompts {report['prompts']} · pairs sampled {report['pairs_sampled']} · compared "
+        f"{report['pairs_compared']} · kept {report['pairs_kept']}"
         f" · ties skipped {report['ties_skipped']}"
         + (f" · not sampled {report['skipped']}" if report["skipped"] else "")
     )
