@@ -151,26 +151,20 @@ def report_path(out: str | Path) -> Path:
 
 def _comparisons(
     pairs: Sequence[SampledPair], every_pair: bool
-) -> Iterator[tuple[Messages, list[tuple[str, bool]], list[tuple[int, int]]]]:
-    """For each prompt (in order of first appearance): its prompt, its distinct answer texts (with whether
-    each ended by itself) and the pairs of answer indices to compare: the sampled pairs, or with
-    `every_pair` every two of its answers."""
-    by_prompt: dict[str, tuple[Messages, list[tuple[str, bool]], list[tuple[int, int]]]] = {}
+) -> Iterator[tuple[Messages, dict[str, bool], list[tuple[str, str]]]]:
+    """For each prompt (in order of first appearance): its prompt, its distinct answer texts (each with
+    whether it ended by itself; a text sampled twice is judged once) and the pairs of texts to compare:
+    the sampled pairs, or with `every_pair` every two of its answers."""
+    by_prompt: dict[str, tuple[Messages, dict[str, bool], list[tuple[str, str]]]] = {}
     for sampled in pairs:
         p = sampled.pair
-        prompt, answers, compared = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, [], []))
-        indices = []
-        for text, finished in ((p.answer_a, sampled.finished_a), (p.answer_b, sampled.finished_b)):
-            known = [i for i, (t, _) in enumerate(answers) if t == text]  # a text sampled twice: judged once
-            indices.append(known[0] if known else len(answers))
-            if not known:
-                answers.append((text, finished))
-        if indices[0] != indices[1]:  # the same text on both sides is no preference
-            compared.append((indices[0], indices[1]))
+        prompt, answers, compared = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, {}, []))
+        answers.setdefault(p.answer_a, sampled.finished_a)
+        answers.setdefault(p.answer_b, sampled.finished_b)
+        if p.answer_a != p.answer_b:  # the same text on both sides is no preference
+            compared.append((p.answer_a, p.answer_b))
     for prompt, answers, compared in by_prompt.values():
-        if every_pair:
-            compared = list(itertools.combinations(range(len(answers)), 2))
-        yield prompt, answers, compared
+        yield prompt, answers, list(itertools.combinations(answers, 2)) if every_pair else compared
 
 
 def synthesize(
@@ -192,18 +186,18 @@ def synthesize(
     failures: Counter[str] = Counter()
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for prompt, texts, compared in _comparisons(pairs, every_pair):
-            verdicts = [judge(prompt, text, finished=finished) for text, finished in texts]
-            for verdict in verdicts:
+            verdicts = {text: judge(prompt, text, finished=finished) for text, finished in texts.items()}
+            for verdict in verdicts.values():
                 answers[verdict.kind] += 1
                 passing[verdict.kind] += verdict.passes
                 failures.update(verdict.failed)
-            for i, j in compared:
+            for a, b in compared:
                 compared_count += 1
-                better = compare(verdicts[i], verdicts[j])
+                better = compare(verdicts[a], verdicts[b])
                 if better is None:
                     ties += 1
                     continue
-                chosen, rejected = (texts[i][0], texts[j][0]) if better == "a" else (texts[j][0], texts[i][0])
+                chosen, rejected = (a, b) if better == "a" else (b, a)
                 record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 kept += 1
