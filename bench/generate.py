@@ -7,8 +7,9 @@ with temperature + top-p, batch 16 sampling; models `small` and `base`. Each cas
 times after a warm-up and the median is kept.
 
 forge runs twice: eager, and with its decode step compiled (`compile_decode`, what `forge generate
---compile` uses). The summary's speedups are the compiled engine's; the compile time (paid once per
-batch size and cache length, in the warm-up) is reported beside them.
+--compile` uses; the sampling cases then also draw with the compiled sampler, `compiled_sample`). The
+summary's speedups are the compiled engine's; the compile time (paid once per batch size and cache
+length, in the warm-up) is reported beside them.
 
 The roofline: decoding one token at batch 1 reads every weight once, so weights bytes × decode steps/s
 is the memory bandwidth the engine achieves; it is compared with a copy bandwidth measured here (a large
@@ -141,6 +142,21 @@ def roofline_rounds(
         "decode_tokens_per_s": [round(r, 1) for r in decode_rates],
         "weights_gb_s": [round(weight_bytes * r / 1e9, 1) for r in decode_rates],
     }
+
+
+def cpu_model() -> str:
+    """The processor's name as Linux reports it ("" where it does not): results differ by machine."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
+def cache_size(level: int) -> str:
+    """The size of the first CPU's cache of this level as Linux reports it, e.g. "32768K" ("" if none)."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        if (index / "level").read_text().strip() == str(level):
+            return (index / "size").read_text().strip()
+    return ""
 
 
 def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -279,6 +295,8 @@ def main() -> None:
         "prompt_tokens": PROMPT_LEN,
         "torch": torch.__version__,
         "cpu": os.uname().machine,
+        "cpu_model": cpu_model(),
+        "l3_cache": cache_size(3),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

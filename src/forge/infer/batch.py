@@ -32,6 +32,7 @@ from forge.infer.engine import (
     prefill,
     prepare_prompt,
 )
+from forge.infer.fused_sample import compiled_sample
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, TokenStats, sample
 
@@ -120,10 +121,17 @@ def forbid_early_eos(logits: torch.Tensor, rows: Sequence[Row], eos_ids: Sequenc
 
 
 def pick_tokens(
-    logits: torch.Tensor, rows: Sequence[Row], stats: TokenStats, slots: torch.Tensor
+    logits: torch.Tensor,
+    rows: Sequence[Row],
+    stats: TokenStats,
+    slots: torch.Tensor,
+    *,
+    compiled: bool = False,
 ) -> list[int]:
     """The next token of every row of logits (B, V): rows with equal settings are processed together,
-    each drawn with its own generator; row i's token statistics are `stats` row `slots[i]`."""
+    each drawn with its own generator; row i's token statistics are `stats` row `slots[i]`. `compiled`:
+    with `compiled_sample` (beside a compiled decode step) instead of `sample`."""
+    sample_fn = compiled_sample if compiled else sample
     groups: dict[SamplingConfig, list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row.config, []).append(i)
@@ -132,7 +140,7 @@ def pick_tokens(
         index = torch.tensor(members, device=logits.device)
         sub_seen, sub_counts = stats.select(slots[index])
         generators = [rows[i].generator for i in members]
-        ids = sample(logits[index], config, generators, seen=sub_seen, counts=sub_counts).tolist()
+        ids = sample_fn(logits[index], config, generators, seen=sub_seen, counts=sub_counts).tolist()
         for i, token_id in zip(members, ids, strict=True):
             picked[i] = int(token_id)
     return picked
@@ -197,7 +205,7 @@ def generate_batch(
 
     while True:
         forbid_early_eos(logits, rows, eos)
-        picked = pick_tokens(logits, rows, stats, every_row)
+        picked = pick_tokens(logits, rows, stats, every_row, compiled=decode_fn is not None)
         for i, (row, token_id) in enumerate(zip(rows, picked, strict=True)):
             if not row.done:
                 row.accept(token_id, eos, can_continue=fed[i] < context)

@@ -40,6 +40,7 @@ from torch import nn
 
 from forge.errors import ForgeError
 from forge.infer.detok import StopStrings, StreamDecoder
+from forge.infer.fused_sample import compiled_sample
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, TokenStats, sample
 from forge.tokenizer.chat import fit_messages, render
@@ -178,6 +179,8 @@ class Generation:
         self.tokens_per_s = 0.0
         self.decode_fn = decode_fn or decode_one_token  # e.g. compile_decode(model), from outside
         self.static_cache = decode_fn is not None  # a custom (compiled) step gets bucketed cache shapes
+        # a compiled step comes with the compiled sampler
+        self.sample_fn = compiled_sample if decode_fn is not None else sample
         self.on_token = on_token  # called with the raw logits (V,) of each step and the id chosen
         self.first_token_mask = first_token_mask  # (V,) bool: the tokens allowed first (token healing)
         self.seed = secrets.randbits(63) if config.seed is None else config.seed  # recorded, to replay
@@ -220,7 +223,7 @@ class Generation:
             logits = logits.clone()
             logits[:, sorted(self.eos_ids)] = float("-inf")
         seen, counts = (self.stats.seen, self.stats.counts) if self.stats is not None else (None, None)
-        token_id = int(sample(logits, self.config, self.generator, seen=seen, counts=counts))
+        token_id = int(self.sample_fn(logits, self.config, self.generator, seen=seen, counts=counts))
         if self.stats is not None:
             self.stats.add(0, token_id)
         if self.on_token is not None:

@@ -294,7 +294,7 @@ class Scheduler:
         rows = [slot.row for slot in slots if slot is not None]
         forbid_early_eos(logits, rows, self.eos_ids)
         index = torch.tensor(slot_indices, device=self.device)
-        picked = pick_tokens(logits, rows, self.stats, index)
+        picked = pick_tokens(logits, rows, self.stats, index, compiled=self.decode_fn is not None)
         logprobs = self._logprobs(logits, slots, picked)
         now = time.perf_counter()
         for k, (slot_index, slot, token_id) in enumerate(zip(slot_indices, slots, picked, strict=True)):
