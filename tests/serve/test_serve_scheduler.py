@@ -1,5 +1,6 @@
 """Continuous batching: requests that join and leave a running batch get exactly what they would alone."""
 
+import shutil
 import threading
 import time
 
@@ -149,3 +150,27 @@ def test_cancel_frees_the_slot_and_a_full_line_refuses(model: Transformer) -> No
         scheduler.stop()
     assert len(first.tokens()) < 40 and len(second.tokens()) == 40
     assert scheduler.metrics.requests_cancelled == 1 and scheduler.running == 0
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_warm_up_compiles_before_the_first_request(model: Transformer) -> None:
+    from torch._dynamo.utils import counters
+
+    from forge.infer.engine import compile_decode
+
+    config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6, seed=3)
+    prompts = [[5, 9, 2], [7, 7, 3, 8]]
+    outputs = []
+    for decode_fn in (None, compile_decode(model, autotune=False)):  # compiled: the step and the sampler
+        scheduler = Scheduler(model, TOKEN_BYTES, (EOS,), max_batch=4, decode_fn=decode_fn)
+        scheduler.warm_up()
+        graphs = counters["stats"]["unique_graphs"]
+        collectors = [_submit(scheduler, prompt, config) for prompt in prompts]  # one step samples both
+        scheduler.start()
+        try:
+            assert all(c.done.wait(30) for c in collectors)
+        finally:
+            scheduler.stop()
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
+        outputs.append([c.tokens() for c in collectors])
+    assert outputs[0] == outputs[1] and all(outputs[0])

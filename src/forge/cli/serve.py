@@ -55,7 +55,8 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decode step (slow start; faster tokens when the batch is mostly full)",
+        help="compile the decode step and the sampler before serving (a minute or so at start; faster "
+        "tokens when the batch is mostly full)",
     )
     p.set_defaults(handler=_serve)
 
@@ -109,6 +110,11 @@ def _serve(args: argparse.Namespace) -> None:
         max_queue=args.max_queue,
         decode_fn=decode_fn,
     )
+    if decode_fn is not None:
+        print(
+            "forge: compiling the decode step and the sampler (a minute or so)", file=sys.stderr, flush=True
+        )
+        scheduler.warm_up()
     name = args.model_name or Path(args.run).resolve().name
     server = Server(scheduler, tokenizer, name, api_key=args.api_key)
     app = create_app(server, max_body_bytes=args.max_body_bytes)

@@ -35,6 +35,7 @@ import torch
 
 from forge.infer.batch import Completion, Row, forbid_early_eos, pick_tokens
 from forge.infer.engine import DecodeFn, FinishReason, decode_one_token, model_device, prefill
+from forge.infer.fused_sample import compiled_sample
 from forge.infer.kv_cache import KVCache
 from forge.infer.sampling import SamplingConfig, TokenStats
 
@@ -158,6 +159,24 @@ class Scheduler:
     @property
     def running(self) -> int:
         return sum(slot is not None for slot in self.slots)
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compile, before the first request, what a compiled decode step needs: the step at this
+        scheduler's batch and cache shape, and the sampler for one row and for several. Otherwise the
+        first request, and later the first decode step that samples several rows with one setting, each
+        stall every stream for as long as a compile takes (10-60 s on a laptop CPU). Nothing to do
+        without a `decode_fn`."""
+        if self.decode_fn is None:
+            return
+        # two tensors: dynamo would guard on the token and position being one (and compile again)
+        tokens, positions = (torch.zeros(self.max_batch, dtype=torch.long, device=self.device) for _ in "tp")
+        # the step writes slot 0 of each row, which a request's prefill overwrites
+        logits = self.decode_fn(self.model, tokens, positions, self.cache)  # (max_batch, V)
+        config = SamplingConfig(temperature=1.0)  # any setting `compiled_sample` covers
+        for rows in sorted({1, min(2, self.max_batch)}):  # as `pick_tokens` selects them: copies by index
+            picked = logits[torch.arange(rows, device=self.device)]
+            compiled_sample(picked, config, [torch.Generator(self.device).manual_seed(0)] * rows)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="forge-engine", daemon=True)
