@@ -1,6 +1,7 @@
 """The engine and KV cache on a tiny real Transformer: cached decoding equals recomputing from scratch."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +288,20 @@ def test_chat_keeps_the_system_message_and_the_turns_that_fit() -> None:
     )
     assert kept_turns[-1] == turns[-1] and len(kept_turns) < len(turns)
     assert answer.generation.generated_tokens <= 8 and isinstance(text, str)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_compiled_decode_autotunes_without_printing_its_tables(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from forge.infer.engine import compile_decode
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # no cached kernel choice: it autotunes
+    model = _model()
+    step = compile_decode(model)  # with autotuning: inductor would print a table per matmul shape
+    assert list(generate_ids(model, PROMPT, _greedy(4), decode_fn=step)) == list(
+        generate_ids(model, PROMPT, _greedy(4))
+    )
+    printed = capfd.readouterr().err
+    assert "AUTOTUNE" not in printed and "Autotune Choices Stats" not in printed

@@ -29,6 +29,7 @@ Design choices (after gpt-fast):
   " name(" would have been tokenized; those bytes are not emitted again.
 """
 
+import os
 import secrets
 import time
 import types
@@ -91,7 +92,15 @@ def compile_decode(model: nn.Module, *, autotune: bool = True) -> "DecodeFn":
     """
     import torch._inductor.config as inductor_config
 
-    options = {"freezing": True, "max_autotune": autotune}
+    options: dict[str, bool | int] = {"freezing": True, "max_autotune": autotune}
+    # autotuning prints a table per matmul shape to stderr (dozens of lines in the middle of `forge
+    # generate`'s output); quiet unless asked for through inductor's own environment variables
+    for key, variable, quiet in [
+        ("autotune_num_choices_displayed", "TORCHINDUCTOR_AUTOTUNE_NUM_CHOICES_DISPLAYED", 0),
+        ("max_autotune_report_choices_stats", "TORCHINDUCTOR_MAX_AUTOTUNE_REPORT_CHOICES_STATS", False),
+    ]:
+        if hasattr(inductor_config, key) and variable not in os.environ:  # older torch lacks some
+            options[key] = quiet
     if next(model.parameters()).device.type == "cpu":
         options["cpp_wrapper"] = True  # no CUDA graphs on GPU: caches differ between requests
         # q/k/v, and gate/up, read as one matrix each: fewer, longer weight streams per layer (off by
