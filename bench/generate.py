@@ -15,7 +15,7 @@ The roofline: decoding one token at batch 1 reads every weight once, so weights 
 is the memory bandwidth the engine achieves; it is compared with a copy bandwidth measured here (a large
 tensor copy, bytes read + written per second) around each of `--rounds` generations on `base`, since a
 shared machine's bandwidth moves from minute to minute (`roofline_rounds`). The decode rate is the
-engine's own (`tokens_per_s` of a `Generation`: the steps after the first token, prefill excluded,
+engine's own (`tokens_per_s` of a `Generation`: the decode steps after the first, prefill excluded,
 Python between steps included). Beside the copy, each round also times the model's weight matrices
 alone, each multiplied by one vector in eager PyTorch (`matmul_stream`): the rate at which this
 machine's matrix-vector kernels read those bytes, with nothing else in a step. On some machines a

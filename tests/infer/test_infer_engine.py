@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from forge.errors import ForgeError
 from forge.infer.engine import Generation, decode_one_token, generate_ids, generate_text, prefill
@@ -305,3 +306,32 @@ def test_compiled_decode_autotunes_without_printing_its_tables(
     )
     printed = capfd.readouterr().err
     assert "AUTOTUNE" not in printed and "Autotune Choices Stats" not in printed
+
+
+def test_decode_speed_leaves_out_the_first_step_which_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import forge.infer.engine as engine
+
+    clock = [0.0]
+
+    def tick() -> float:  # every reading of the clock is 1 ms later than the last
+        clock[0] += 0.001
+        return clock[0]
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=tick))
+    steps: list[int] = []
+
+    def compiling_first(
+        model: nn.Module, token: torch.Tensor, position: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        clock[0] += 0.0 if steps else 10.0  # the first call compiles for 10 s
+        steps.append(int(position))
+        return decode_one_token(model, token, position, cache)
+
+    generation = Generation(
+        _model(), PROMPT, _greedy(5), eos_ids=(), device=torch.device("cpu"), decode_fn=compiling_first
+    )
+    assert len(list(generation)) == 5 and len(steps) == 4
+    assert generation.tokens_per_s == pytest.approx(1000)  # the 3 steps after the first, 1 ms each
+    assert generation.prompt_tokens_per_s == pytest.approx(len(PROMPT) / 0.001)

@@ -161,8 +161,10 @@ class Generation:
     """One request in progress: iterate it for new token ids; `finish_reason` and speeds are set at the end.
 
     Attributes: `prompt_tokens`, `generated_tokens`, `finish_reason` ("stop" | "length", None until the
-    end), `seed` (the one used, to reproduce a sample), `prompt_tokens_per_s` (prefill, first token
-    included) and `tokens_per_s` (decode steps; time the caller spends between tokens is not counted).
+    end), `seed` (the one used, to reproduce a sample), `prompt_tokens_per_s` (the prefill's forward
+    pass) and `tokens_per_s` (the decode steps after the first, since the first one compiles when the
+    step is compiled; time the caller spends between tokens is not counted). A compiled sampler compiles
+    on its first call, which neither counts.
     """
 
     def __init__(
@@ -208,8 +210,8 @@ class Generation:
         return next(self._ids)
 
     @torch.inference_mode()
-    def _prefill(self) -> int:
-        """Allocate the cache, run the prompt, sample the first new token."""
+    def _prefill(self) -> torch.Tensor:
+        """Allocate the cache, run the prompt; return the logits of the first new token (1, V)."""
         needed = self.prompt_tokens + self.config.max_new_tokens
         max_seq_len = cache_length(needed, self.model.config.context_length, bucketed=self.static_cache)
         self.cache = KVCache.for_model(self.model, batch_size=1, max_seq_len=max_seq_len)
@@ -217,7 +219,7 @@ class Generation:
         logits = prefill(self.model, prompt, self.cache)  # (1, V)
         if self.first_token_mask is not None:
             logits = logits.masked_fill(~self.first_token_mask.to(logits.device), float("-inf"))
-        return self._pick(logits)
+        return logits
 
     @torch.inference_mode()
     def _decode(self, token_id: int, position: int) -> int:
@@ -227,6 +229,7 @@ class Generation:
         logits = self.decode_fn(self.model, token, at, self.cache)  # (1, V)
         return self._pick(logits)
 
+    @torch.inference_mode()  # as in `_decode`: a compiled sampler is compiled for one mode only
     def _pick(self, logits: torch.Tensor) -> int:
         if self.generated_tokens < self.config.min_new_tokens and self.eos_ids:
             logits = logits.clone()
@@ -241,9 +244,11 @@ class Generation:
 
     def _run(self) -> Iterator[int]:
         started = time.perf_counter()
-        token_id = self._prefill()
+        logits = self._prefill()
         self.prompt_tokens_per_s = self.prompt_tokens / (time.perf_counter() - started)
-        position, decode_seconds = self.prompt_tokens, 0.0  # position: where token_id would be fed
+        token_id = self._pick(logits)
+        position = self.prompt_tokens  # where token_id would be fed
+        steps, seconds, first_step = 0, 0.0, 0.0  # the decode steps after the first, and their time
         while token_id not in self.eos_ids:
             self.generated_tokens += 1
             self.output_ids.append(token_id)
@@ -253,9 +258,13 @@ class Generation:
                 return
             started = time.perf_counter()
             token_id = self._decode(token_id, position)
-            decode_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            if position == self.prompt_tokens:
+                first_step = elapsed
+            else:
+                steps, seconds = steps + 1, seconds + elapsed
             position += 1
-            self.tokens_per_s = self.generated_tokens / decode_seconds  # decode steps so far
+            self.tokens_per_s = steps / seconds if steps else 1 / first_step  # decode steps so far
         self.finish_reason = "stop"
 
 
