@@ -4,7 +4,7 @@ Both engines get the same Llama weights (forge's model exported with `forge.mode
 loaded by `transformers.LlamaForCausalLM`), the same prompts, and generate exactly `--new-tokens` tokens
 (end-of-sequence ignored), in float32 on the same device and threads. Cases: batch 1 greedy, batch 1
 with temperature + top-p, batch 16 sampling; models `small` and `base`. Each case is timed `--repeats`
-times after a warm-up and the median is kept.
+times after a warm-up, the engines taking turns, and the median is kept.
 
 forge runs twice: eager, and with its decode step compiled (`compile_decode`, what `forge generate
 --compile` uses; the sampling cases then also draw with the compiled sampler, `compiled_sample`). The
@@ -55,19 +55,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median seconds of `repeats` runs of fn, and the seconds of the warm-up run before them."""
-    start = time.perf_counter()
-    fn()  # warm-up (compiles, when fn uses a compiled step)
-    warmup = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        _sync(device)
+def _median_seconds(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """For each fn: the median seconds of `repeats` runs and the seconds of its warm-up run (it compiles,
+    when fn uses a compiled step). The timed runs take turns (a, b, c, a, b, c, ...), so a minute when a
+    shared machine is slower weighs on every engine alike."""
+    warmups = {}
+    for name, fn in fns.items():
         start = time.perf_counter()
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), warmup
+        warmups[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), warmups[name]) for name in fns}
 
 
 def copy_bandwidths(device: torch.device, copies: int = 5, megabytes: int = 512) -> list[float]:
@@ -219,9 +226,12 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> dict
                 )
             assert out.shape[1] == PROMPT_LEN + new
 
-        eager_s, _ = _median_seconds(forge_run, device, args.repeats)
-        ours_s, compile_s = _median_seconds(lambda: forge_run(decode_fn=compiled), device, args.repeats)
-        theirs_s, _ = _median_seconds(hf_run, device, args.repeats)
+        timed = _median_seconds(
+            {"eager": forge_run, "compiled": lambda: forge_run(decode_fn=compiled), "theirs": hf_run},
+            device,
+            args.repeats,
+        )
+        (eager_s, _), (ours_s, compile_s), (theirs_s, _) = timed["eager"], timed["compiled"], timed["theirs"]
         tokens = batch * new
         results[case] = {
             "forge_tokens_per_s": round(tokens / ours_s, 1),
