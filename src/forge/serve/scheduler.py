@@ -170,7 +170,8 @@ class Scheduler:
         if self.decode_fn is None:
             return
         # two tensors: dynamo would guard on the token and position being one (and compile again)
-        tokens, positions = (torch.zeros(self.max_batch, dtype=torch.long, device=self.device) for _ in "tp")
+        tokens = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
+        positions = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
         # the step writes slot 0 of each row, which a request's prefill overwrites
         logits = self.decode_fn(self.model, tokens, positions, self.cache)  # (max_batch, V)
         config = SamplingConfig(temperature=1.0)  # any setting `compiled_sample` covers
