@@ -2,13 +2,14 @@
 
 `sample`'s processors are a few dozen small tensor operations a token, each a Python call into the
 dispatcher. Inside generation they run right after the decode step has streamed the weights through the
-caches, and cost more than twice what they cost alone (0.3 ms instead of 0.13 ms a token on `small`'s
-8192-token rows, 2 CPU cores). `fused_sample` is the same computation as one pure function: temperature,
-top-p without sorting (`nucleus_threshold`), min-p, then `draw`'s inverse transform with each row's own
-uniform number, compiled once per process. A compiled decode step (`forge.infer.engine.compile_decode`)
-comes with it: the engine, the batch engine and the server's scheduler sample with `compiled_sample` when
-they are given one. Measured on `small` at batch 1 with temperature + top-p, compiled step: 767 tokens/s
-instead of 662 with the eager processors (the kernel alone: 0.11 ms a token; in generation 0.27-0.31 ms).
+caches, and cost more than twice what they cost alone (0.31-0.39 ms instead of 0.13 ms a token on
+`small`'s 8192-token rows, 2 CPU cores). `fused_sample` is the same computation as one pure function:
+temperature, top-p without sorting (`nucleus_threshold`), min-p, then `draw`'s inverse transform with
+each row's own uniform number, compiled once per process. A compiled decode step
+(`forge.infer.engine.compile_decode`) comes with it: the engine, the batch engine and the server's
+scheduler sample with `compiled_sample` when they are given one. Measured on `small` at batch 1 with
+temperature + top-p, compiled step: 767 tokens/s instead of 662 with the eager processors (the kernel
+alone: 0.11 ms a token; in generation 0.21-0.31 ms).
 """
 
 from collections.abc import Callable, Sequence
