@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from forge.infer.sampling import SamplingConfig, inverse_transform, sample, uniforms
+from forge.infer.sampling import SamplingConfig, inverse_transform, row_generators, sample, uniforms
 
 
 def nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ def compiled_sample(
     """
     if not fusable(config):
         return sample(logits, config, generator, seen=seen, counts=counts)
-    generators = generator if isinstance(generator, Sequence) else [generator] * logits.shape[0]
+    generators = row_generators(generator, logits.shape[0])
     if len(generators) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} rows of logits but {len(generators)} generators")
     temperature, top_p, min_p = _setting_tensors(config, logits.device)

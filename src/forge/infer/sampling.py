@@ -452,6 +452,13 @@ def draw(probs: torch.Tensor, generators: Sequence[torch.Generator | None]) -> t
     return inverse_transform(probs, uniforms(generators, probs.device))
 
 
+def row_generators(
+    generator: torch.Generator | Sequence[torch.Generator | None] | None, rows: int
+) -> Sequence[torch.Generator | None]:
+    """One generator per row: `generator` itself when it is one per row, else it repeated `rows` times."""
+    return generator if isinstance(generator, Sequence) else [generator] * rows
+
+
 def uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
     """One float64 number u ~ U[0, 1) from each generator, in order: (B,)."""
     return torch.stack([torch.rand((), generator=g, dtype=torch.float64, device=device) for g in generators])
@@ -483,5 +490,4 @@ def sample(
     if config.greedy:
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
-    generators = generator if isinstance(generator, Sequence) else [generator] * probs.shape[0]
-    return draw(probs, generators)  # (B,)
+    return draw(probs, row_generators(generator, probs.shape[0]))  # (B,)
