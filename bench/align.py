@@ -5,13 +5,16 @@ prompts, in one run.
    of the synth-sft training set, judged by the readable rule of `forge.align.rule` (valid Python that
    defines the asked name, ends, does not repeat itself), which stands in for people. Pairs the rule
    cannot separate are skipped. With `--every-pair`, every two answers of an instruction are compared
-   (K pairs per prompt: K(2K-1) comparisons instead of K).
+   (K pairs per prompt: K(2K-1) comparisons instead of K). With `--renamed`, each answer the rule passes
+   is also paired against its copy with the asked name replaced by a near miss (`forge.align.contrast`);
+   these contrast pairs only ever train, and every accuracy is measured on sampled pairs. The sampled
+   answers are kept in `--out`/sampled.jsonl: `--reuse-pairs` judges them again instead of sampling.
 2. The pairs are split in two halves by prompt: A trains the reward model that DPO data and PPO optimise
    against (RM-A, its accuracy measured on B), B trains a second reward model, the judge (RM-B, its
    accuracy measured on A), never optimised against. RM-A's accuracy is also given per kind of pair, by
    the checks of the rule that separate it (`reward_model_accuracy_by_difference`).
-3. DPO from the SFT policy on A (reference: the SFT policy); PPO from the SFT policy with RM-A on A's
-   prompts, KL penalty to the SFT policy.
+3. DPO from the SFT policy on A (with its contrast pairs; reference: the SFT policy); PPO from the SFT
+   policy with RM-A on A's prompts, KL penalty to the SFT policy.
 4. Held-out: `--eval-prompts` instructions of the synth-sft validation set (modules never seen). Each
    policy answers each with the same seed (temperature 0.7); the judge scores every answer; a policy
    wins a prompt when the judge scores its answer above the SFT policy's (a tie counts half). The rule,
@@ -49,6 +52,7 @@ from forge.align.dpo import DpoConfig, dpo
 from forge.align.formats import read_prompts
 from forge.align.losses import token_logprobs
 from forge.align.ppo import PpoConfig, ppo
+from forge.align.preferences import NewPair
 from forge.align.reward import (
     RewardConfig,
     RewardModel,
@@ -57,7 +61,7 @@ from forge.align.reward import (
     train_reward_model,
 )
 from forge.align.rule import compare, judge, task_of
-from forge.align.sample_pairs import PairConfig, report_path, sample_pairs, synthesize
+from forge.align.sample_pairs import PairConfig, SampledPair, sample_pairs, synthesize
 from forge.infer.batch import generate_batch
 from forge.infer.sampling import SamplingConfig
 from forge.model.io import load_model
@@ -76,16 +80,52 @@ def _half(prompt: Any) -> str:
 
 
 def split_pairs(path: Path, out: Path) -> dict[str, Path]:
-    """Write the pairs of `path` into A.jsonl and B.jsonl by a hash of the prompt."""
-    halves: dict[str, list[str]] = {"A": [], "B": []}
+    """Write the pairs of `path` into halves by a hash of the prompt: A.jsonl and B.jsonl hold the sampled
+    pairs (what a reward model is measured on), A_train.jsonl and B_train.jsonl those and the half's
+    renamed contrast pairs (what trains)."""
+    halves: dict[str, list[str]] = {"A": [], "B": [], "A_train": [], "B_train": []}
     for line in path.read_text().splitlines():
         if line.strip():
-            halves[_half(json.loads(line)["prompt"])].append(line)
+            record = json.loads(line)
+            half = _half(record["prompt"])
+            halves[f"{half}_train"].append(line)
+            if record.get("origin") != "renamed":
+                halves[half].append(line)
     paths = {}
     for name, lines in halves.items():
         paths[name] = out / f"{name}.jsonl"
         paths[name].write_text("\n".join(lines) + "\n")
     return paths
+
+
+def write_sampled(path: Path, pairs: list[SampledPair], skipped: Counter[str]) -> None:
+    """Keep the sampled pairs, so a later run can judge them again (--reuse-pairs)."""
+    lines = [json.dumps({"skipped": dict(skipped)})] + [
+        json.dumps(
+            {
+                "prompt": s.pair.prompt,
+                "a": s.pair.answer_a,
+                "b": s.pair.answer_b,
+                "finished_a": s.finished_a,
+                "finished_b": s.finished_b,
+            },
+            ensure_ascii=False,
+        )  # fmt: skip
+        for s in pairs
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_sampled(path: Path) -> tuple[list[SampledPair], Counter[str]]:
+    """The pairs `write_sampled` kept, and what sampling skipped."""
+    head, *records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    pairs = [
+        SampledPair(
+            NewPair(prompt=r["prompt"], answer_a=r["a"], answer_b=r["b"]), r["finished_a"], r["finished_b"]
+        )
+        for r in records
+    ]
+    return pairs, Counter(head["skipped"])
 
 
 @torch.no_grad()
@@ -174,7 +214,15 @@ def main() -> None:
     parser.add_argument(
         "--reuse-pairs",
         action="store_true",
-        help="judge the pairs an earlier run left in --out instead of sampling new ones (same --sft only)",
+        help="judge the pairs an earlier run sampled (--out/sampled.jsonl) instead of sampling new ones "
+        "(same --sft only)",
+    )
+    parser.add_argument(
+        "--renamed",
+        action="store_true",
+        help="add contrast pairs to the training halves: each answer the rule passes against its copy with "
+        "the asked name replaced by a near miss (forge label synth --renamed); held-out pairs stay as "
+        "sampled",
     )
     parser.add_argument("--eval-prompts", type=int, default=100, help="held-out instructions to judge")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
@@ -185,11 +233,11 @@ def main() -> None:
     args = parser.parse_args()
     threads = set_threads(available_cores())
     sft_run, data, out = Path(args.sft), Path(args.data), Path(args.out)
-    prefs = out / "prefs.jsonl"
-    if args.reuse_pairs and not (prefs.exists() and report_path(prefs).exists()):
+    prefs, sampled_path = out / "prefs.jsonl", out / "sampled.jsonl"
+    if args.reuse_pairs and not sampled_path.exists():
         raise SystemExit(
-            f"--reuse-pairs: no earlier pairs in {out} ({prefs.name} and {report_path(prefs).name}); "
-            "run once without --reuse-pairs to sample them"
+            f"--reuse-pairs: no earlier pairs in {sampled_path}; run once without --reuse-pairs to "
+            "sample them"
         )
     out.mkdir(parents=True, exist_ok=True)
     for name in ("rm_A", "rm_B", "dpo", "ppo"):
@@ -199,11 +247,11 @@ def main() -> None:
 
     start = time.perf_counter()
     policy, tokenizer = load_model(sft_run), Tokenizer.load(sft_run / "tokenizer")
+    train_prompts = instructions(data / "train.jsonl")[: args.prompts]
     if args.reuse_pairs:
-        pair_report = json.loads(report_path(prefs).read_text())
-        print(f"pairs: reusing {prefs} ({pair_report['pairs_kept']} pairs)", flush=True)
+        pairs, skipped = read_sampled(sampled_path)
+        print(f"pairs: judging the {len(pairs)} pairs sampled earlier in {sampled_path}", flush=True)
     else:
-        train_prompts = instructions(data / "train.jsonl")[: args.prompts]
         pairs, skipped = sample_pairs(
             policy,
             tokenizer,
@@ -211,9 +259,15 @@ def main() -> None:
             PairConfig(max_new_tokens=args.max_new_tokens, pairs_per_prompt=args.pairs_per_prompt),
             model_id="sft",
         )
-        pair_report = synthesize(
-            pairs, prefs, prompts=len(train_prompts), skipped=skipped, every_pair=args.every_pair
-        )
+        write_sampled(sampled_path, pairs, skipped)
+    pair_report = synthesize(
+        pairs,
+        prefs,
+        prompts=len(train_prompts),
+        skipped=skipped,
+        every_pair=args.every_pair,
+        renamed=args.renamed,
+    )
     halves = split_pairs(prefs, out)
     seconds["pairs"] = time.perf_counter() - start
     print(f"pairs: {json.dumps(pair_report)[:400]}", flush=True)
@@ -223,7 +277,7 @@ def main() -> None:
         name: train_reward_model(
             RewardConfig(
                 base=str(sft_run),
-                data=str(halves[name]),
+                data=str(halves[f"{name}_train"]),
                 val_data=str(halves["B" if name == "A" else "A"]),
                 out=str(out / f"rm_{name}"),
                 max_steps=args.reward_steps,
@@ -239,7 +293,7 @@ def main() -> None:
     dpo_summary = dpo(
         DpoConfig(
             policy=str(sft_run),
-            data=str(halves["A"]),
+            data=str(halves["A_train"]),
             val_data=str(halves["B"]),
             out=str(out / "dpo"),
             max_steps=args.dpo_steps,

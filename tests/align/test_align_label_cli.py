@@ -56,7 +56,7 @@ def test_synth_writes_the_pairs_the_rule_separates_and_a_report(
 ) -> None:
     out = tmp_path / "prefs.jsonl"
     _forge("synth", str(run), "--prompts", str(prompts), "--out", str(out), "--pairs-per-prompt", "2",
-           "--max-new-tokens", "12", "--threads", "1", "--device", "cpu")  # fmt: skip
+           "--max-new-tokens", "12", "--threads", "1", "--device", "cpu", "--renamed")  # fmt: skip
     report = json.loads((tmp_path / "prefs.report.json").read_text())
     assert report["prompts"] == 3 and report["pairs_sampled"] + report["skipped"].get("identical", 0) == 6
     assert report["pairs_kept"] + report["ties_skipped"] == report["pairs_sampled"]
@@ -64,11 +64,12 @@ def test_synth_writes_the_pairs_the_rule_separates_and_a_report(
     assert set(report["pass_rate_by_kind"]) <= {"write", "explain"} and 0 <= report["pass_rate"] <= 1
     assert "stands in for human judgements" in report["note"] and report["config"]["max_new_tokens"] == 12
     lines = out.read_text().splitlines()
-    assert len(lines) == report["pairs_kept"]
+    assert len(lines) == report["pairs_kept"] + report["renamed_pairs"]
     if lines:
         assert all(r["prompt"][-1]["role"] == "user" for r in read_preferences(out))
     printed = capsys.readouterr().out
     assert f"kept {report['pairs_kept']}" in printed and "stand" in printed
+    assert f"renamed contrast pairs {report['renamed_pairs']}" in printed
 
 
 def test_serve_samples_pairs_once_then_serves_them(

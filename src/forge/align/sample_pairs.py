@@ -12,7 +12,9 @@ Design choices:
   judgements: it checks the form of an answer (valid Python that defines the asked function, finished,
   not repetitive), not its truth. With `every_pair` it compares every two answers of a prompt, not just
   the pairs as sampled: `--pairs-per-prompt 2` then gives 6 comparisons from 4 answers instead of 2, for
-  no more sampling (each answer is judged once).
+  no more sampling (each answer is judged once). With `renamed` it adds a contrast pair for each answer
+  the rule passes: that answer against itself with the asked name replaced by a near miss
+  (`forge.align.contrast`), marked `"origin": "renamed"`.
 """
 
 import itertools
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from forge.align.contrast import asked_name, name_parts, renamed_answer
 from forge.align.formats import prompt_key
 from forge.align.preferences import Messages, NewPair
 from forge.align.rule import compare, judge
@@ -175,12 +178,18 @@ def synthesize(
     skipped: Counter[str] | None = None,
     config: PairConfig | None = None,
     every_pair: bool = False,
+    renamed: bool = False,
 ) -> dict[str, Any]:
     """Judge the answers with the rule; write the pairs it separates to `out` as preference JSONL and a
     report next to it (`report_path`); returns the report. The sampled pairs are compared as they came,
     or with `every_pair` every two distinct answers of a prompt (k answers give k(k-1)/2 comparisons, as
-    InstructGPT used its labellers' rankings of 4 to 9 answers: Ouyang et al. 2022, section 3.5)."""
-    kept, ties, compared_count = 0, 0, 0
+    InstructGPT used its labellers' rankings of 4 to 9 answers: Ouyang et al. 2022, section 3.5). With
+    `renamed`, each answer that passes is also written against its copy with the asked name replaced by a
+    near miss, when the rule fails that copy (`"origin": "renamed"`; `forge.align.contrast`)."""
+    kept, ties, compared_count, contrasts = 0, 0, 0, 0
+    parts = sorted(
+        {part for s in pairs if (asked := asked_name(s.pair.prompt)) for part in name_parts(asked[0])}
+    )
     answers: Counter[str] = Counter()
     passing: Counter[str] = Counter()
     failures: Counter[str] = Counter()
@@ -201,6 +210,12 @@ def synthesize(
                 record = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 kept += 1
+            for text, verdict in verdicts.items() if renamed else ():
+                copy = renamed_answer(prompt, text, parts) if verdict.passes else None
+                if copy is not None and compare(verdict, judge(prompt, copy, finished=texts[text])) == "a":
+                    record = {"prompt": prompt, "chosen": text, "rejected": copy, "origin": "renamed"}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    contrasts += 1
     total = sum(answers.values())
     report = {
         "note": "synthetic preferences: a readable rule (forge.align.rule) stands in for human judgements",
@@ -209,6 +224,7 @@ def synthesize(
         "pairs_sampled": len(pairs),
         "pairs_compared": compared_count,
         "pairs_kept": kept,
+        "renamed_pairs": contrasts,
         "ties_skipped": ties,
         "skipped": dict(skipped or {}),
         "answers": total,

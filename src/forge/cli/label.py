@@ -84,6 +84,13 @@ def register(commands: Any) -> None:
         help="compare every two answers sampled for a prompt, not only the pairs as sampled: with "
         "--pairs-per-prompt K, 2K answers give K(2K-1) comparisons instead of K",
     )
+    p.add_argument(
+        "--renamed",
+        action="store_true",
+        help="also write a contrast pair for each answer the rule passes: that answer against its copy with "
+        'the asked function\'s name replaced by a near miss (marked "origin": "renamed"), so a reward model '
+        "learns to check the name",
+    )
     p.set_defaults(handler=_synth)
 
     p = add_command(
@@ -211,13 +218,20 @@ def _synth(args: argparse.Namespace) -> None:
     model, tokenizer, _ = load_run(args.run, device=args.device, threads=args.threads, dtype=args.dtype)
     sampled, skipped = sample_pairs(model, tokenizer, prompts, config, model_id=_model_id(args))
     report = synthesize(
-        sampled, args.out, prompts=len(prompts), skipped=skipped, config=config, every_pair=args.every_pair
+        sampled,
+        args.out,
+        prompts=len(prompts),
+        skipped=skipped,
+        config=config,
+        every_pair=args.every_pair,
+        renamed=args.renamed,
     )
     kinds = ", ".join(f"{kind} {rate:.0%}" for kind, rate in report["pass_rate_by_kind"].items())
     print(
         f"prompts {report['prompts']} · pairs sampled {report['pairs_sampled']} · compared "
         f"{report['pairs_compared']} · kept {report['pairs_kept']}"
         f" · ties skipped {report['ties_skipped']}"
+        + (f" · renamed contrast pairs {report['renamed_pairs']}" if args.renamed else "")
         + (f" · not sampled {report['skipped']}" if report["skipped"] else "")
     )
     print(f"answers passing the rule: {report['pass_rate']:.0%} ({kinds or 'none'})")
