@@ -34,7 +34,8 @@ bench/results/align.json was made after `make demo` with a policy fine-tuned fur
 
 The same with `--every-pair` kept 3.0x as many pairs and gave reward models of 0.720 and 0.726 held-out
 accuracy instead of 0.71 (README, "Alignment on the standard-library instructions").
-bench/results/align_renamed.json came from another SFT run of the same commands, then
+bench/results/align_renamed.json came from another SFT run of the same commands, its pairs sampled as
+above (same --prompts and --pairs-per-prompt) and judged again with
 
     python bench/align.py --sft demo_out/runs/sft_long --reuse-pairs --renamed --prompts 3000 \
         --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 960 --dpo-steps 480
