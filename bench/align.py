@@ -115,7 +115,7 @@ def write_sampled(path: Path, pairs: list[SampledPair], skipped: Counter[str]) -
                 "finished_b": s.finished_b,
             },
             ensure_ascii=False,
-        )  # fmt: skip
+        )
         for s in pairs
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -4,10 +4,10 @@ import json
 import random
 from pathlib import Path
 
-from forge.align.contrast import asked_name, name_parts, near_miss, renamed_answer
+from forge.align.contrast import name_parts, near_miss, renamed_answer
 from forge.align.formats import read_preferences
 from forge.align.preferences import NewPair
-from forge.align.rule import judge
+from forge.align.rule import asked_name, judge
 from forge.align.sample_pairs import SampledPair, synthesize
 
 WRITE = "Write a Python function `dirname(p)` that returns the directory component of a pathname."

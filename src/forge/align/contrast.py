@@ -24,7 +24,7 @@ import re
 import string
 from collections.abc import Sequence
 
-from forge.align.rule import Messages, task_of
+from forge.align.rule import Messages, asked_name
 
 PART = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 LETTERS = string.ascii_lowercase
@@ -68,16 +68,6 @@ def near_miss(name: str, rng: random.Random, parts: Sequence[str] = ()) -> str |
         if candidate.isidentifier() and candidate.lower() != name.lower():
             return candidate
     return None
-
-
-def asked_name(prompt: Messages | str) -> tuple[str, bool] | None:
-    """The name an answer to `prompt` must contain and whether the rule checks its case: the function a
-    write prompt asks for (exact case), the last part of the dotted name an explain prompt asks about (any
-    case); None for other prompts."""
-    kind, name = task_of(prompt)
-    if name is None:
-        return None
-    return (name, True) if kind == "write" else (name.split(".")[-1], False)
 
 
 def renamed_answer(prompt: Messages | str, answer: str, parts: Sequence[str] = ()) -> str | None:

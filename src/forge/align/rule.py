@@ -90,6 +90,16 @@ def task_of(prompt: Messages | str) -> tuple[Kind, str | None]:
     return "other", None
 
 
+def asked_name(prompt: Messages | str) -> tuple[str, bool] | None:
+    """The name an answer to `prompt` must contain and whether its case counts: the function a write
+    prompt asks for (exact case), the last part of the dotted name an explain prompt asks about (any
+    case); None for other prompts."""
+    kind, name = task_of(prompt)
+    if name is None:
+        return None
+    return (name, True) if kind == "write" else (name.split(".")[-1], False)
+
+
 def repetition(text: str) -> str | None:
     """Why `text` repeats itself, or None when it does not."""
     lines = Counter(line.strip() for line in text.splitlines())
@@ -143,17 +153,18 @@ def _defines(code: str, name: str) -> bool:
 def judge(prompt: Messages | str, answer: str, *, finished: bool = True) -> RuleVerdict:
     """Check `answer` to `prompt` (chat messages or the user's text). `finished`: the generation ended by
     itself (end-of-turn) rather than at the token limit."""
-    kind, name = task_of(prompt)
+    kind, _ = task_of(prompt)
+    asked = asked_name(prompt)
     checks: dict[str, str | None] = {  # check name → why it failed, or None when it holds
         "finished": None if finished else "unfinished: stopped at the token limit",
         "not_empty": None if answer.strip() else "empty",
     }
-    if kind == "write" and name is not None:
-        code = _code(answer)
+    if kind == "write" and asked is not None:
+        name, code = asked[0], _code(answer)
         checks["parses"] = _syntax_error(code)
         checks["defines_name"] = None if _defines(code, name) else f"defines no function named {name!r}"
-    elif kind == "explain" and name is not None:
-        last = name.split(".")[-1]
+    elif kind == "explain" and asked is not None:
+        last = asked[0]
         mentioned = re.search(rf"\b{re.escape(last)}\b", answer, re.IGNORECASE)
         checks["mentions_name"] = None if mentioned else f"does not mention {last!r}"
     checks["not_repetitive"] = repetition(answer)

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from forge.align.contrast import asked_name, name_parts, renamed_answer
+from forge.align.contrast import name_parts, renamed_answer
 from forge.align.formats import prompt_key
 from forge.align.preferences import Messages, NewPair
-from forge.align.rule import compare, judge
+from forge.align.rule import asked_name, compare, judge
 from forge.config import to_dict
 from forge.errors import ConfigError, ForgeError
 from forge.infer.batch import generate_batch
@@ -187,8 +187,13 @@ def synthesize(
     `renamed`, each answer that passes is also written against its copy with the asked name replaced by a
     near miss, when the rule fails that copy (`"origin": "renamed"`; `forge.align.contrast`)."""
     kept, ties, compared_count, contrasts = 0, 0, 0, 0
-    parts = sorted(
-        {part for s in pairs if (asked := asked_name(s.pair.prompt)) for part in name_parts(asked[0])}
+    parts = sorted(  # what near misses borrow from: the parts of every asked name
+        {
+            part
+            for s in pairs
+            if renamed and (asked := asked_name(s.pair.prompt))
+            for part in name_parts(asked[0])
+        }
     )
     answers: Counter[str] = Counter()
     passing: Counter[str] = Counter()
