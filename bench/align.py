@@ -25,17 +25,32 @@ prompts, in one run.
 
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 
-bench/results/align.json was made after `make demo` with a policy fine-tuned further than the demo's:
+bench/results/align.json was made on the demo's data (`make demo`) with the demo's pretraining and
+fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 and fine-tuned further:
+
+    forge pretrain --preset small --data demo_out/tokens --tokenizer demo_out/tokenizer \
+        --out demo_out/runs/long --max-minutes 36 --max-steps 100000 --model.context-length 256 \
+        --model.num-layers 6 --batch-size 8 --lr 3e-3 --warmup-steps 50 --eval-every 500 \
+        --eval-batches 8 --checkpoint-every 250 --sample-every 500
+    forge sft demo_out/runs/long --data demo_out/sft/train.jsonl --out demo_out/runs/long_sft \
+        --lr 1e-3 --max-minutes 4 --max-steps 100000 --batch-size 8 --eval-every 200 \
+        --eval-batches 8 --checkpoint-every 200
+    forge sft demo_out/runs/long_sft --data demo_out/sft/train.jsonl --out demo_out/runs/long_sft_long \
+        --lr 1e-3 --max-steps 1100 --batch-size 8
+    python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align_long \
+        --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 320 --dpo-steps 240
+
+bench/results/align_12min.json was made the same way on the demo's own 12-minute pretraining run:
 
     forge sft demo_out/runs/sft --data demo_out/sft/train.jsonl --out demo_out/runs/sft_long \
         --lr 1e-3 --max-steps 1100 --batch-size 8
     python bench/align.py --sft demo_out/runs/sft_long --prompts 3000 --pairs-per-prompt 2 \
         --eval-prompts 200 --reward-steps 320 --dpo-steps 240
 
-The same with `--every-pair` kept 3.0x as many pairs and gave reward models of 0.720 and 0.726 held-out
-accuracy instead of 0.71 (README, "Alignment on the standard-library instructions").
-bench/results/align_renamed.json came from another SFT run of the same commands, its pairs sampled as
-above (same --prompts and --pairs-per-prompt) and judged again with
+On that model `--every-pair` kept 3.0x as many pairs and gave reward models of 0.720 and 0.726
+held-out accuracy instead of 0.71 (README, "Alignment on the standard-library instructions").
+bench/results/align_renamed.json came from another 12-minute model and SFT run of the same commands,
+its pairs sampled as above (same --prompts and --pairs-per-prompt) and judged again with
 
     python bench/align.py --sft demo_out/runs/sft_long --reuse-pairs --renamed --prompts 3000 \
         --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 960 --dpo-steps 480
