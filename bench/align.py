@@ -1,4 +1,4 @@
-"""Alignment on the synthetic standard-library preferences: reward model, DPO and PPO, judged on held-out
+r"""Alignment on the synthetic standard-library preferences: reward model, DPO and PPO, judged on held-out
 prompts, in one run.
 
 1. Pairs: two answers sampled from the SFT policy (temperature 1) for each of `--prompts` instructions
