@@ -23,6 +23,9 @@ prompts, in one run.
    (`rule_win_rate_*`: preferred 1, cannot tell 0.5, the SFT answer preferred 0). KL to the SFT policy
    is the mean over answers of the summed log-ratio of the policy's own sampled tokens (the k1 estimate).
 
+With `--likelihood` both reward models add the answer's gated log-likelihood under their own LM head
+(`forge reward train --likelihood`); PPO then credits those per-token terms on their tokens.
+
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 
 bench/results/align.json was made on the demo's data (`make demo`) with the demo's pretraining and
@@ -39,6 +42,13 @@ fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 an
         --lr 1e-3 --max-steps 1100 --batch-size 8
     python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align_long \
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 320 --dpo-steps 240
+    python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align_lik --reuse-pairs \
+        --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 320 --dpo-steps 480 \
+        --ppo-steps 192 --likelihood
+
+The first run (last-token reward models) is bench/results/align_last_token.json; align.json is the
+second, which judged the first run's sampled answers again (its sampled.jsonl copied into
+demo_out/bench_align_lik), so both have the same 2,351 pairs.
 
 bench/results/align_12min.json was made the same way on the demo's own 12-minute pretraining run:
 
@@ -247,6 +257,11 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=100, help="held-out instructions to judge")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
     parser.add_argument("--reward-steps", type=int, default=80, help="steps of each reward model")
+    parser.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="both reward models add the answer's gated log-likelihood (forge reward train --likelihood)",
+    )
     parser.add_argument("--dpo-steps", type=int, default=80, help="DPO steps")
     parser.add_argument("--dpo-lr", type=float, default=2e-5, help="DPO learning rate")
     parser.add_argument("--ppo-steps", type=int, default=96, help="PPO minibatch updates")
@@ -301,6 +316,7 @@ def main() -> None:
                 val_data=str(halves["B" if name == "A" else "A"]),
                 out=str(out / f"rm_{name}"),
                 max_steps=args.reward_steps,
+                likelihood=args.likelihood,
                 **common,
             )
         )

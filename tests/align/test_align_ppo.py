@@ -22,7 +22,7 @@ from forge.model.io import load_model, save_model
 from forge.model.transformer import Transformer
 from forge.tokenizer.bpe import Tokenizer, TokenizerConfig, train_tokenizer
 from forge.tokenizer.chat import render
-from forge.tokenizer.special import ASSISTANT, SPECIAL_TOKENS
+from forge.tokenizer.special import SPECIAL_TOKENS
 from forge.train.loop import TrainState, train
 from forge.train.metrics import MetricsLog, read_metrics
 from forge.train.optim import build_optimizer
@@ -36,17 +36,16 @@ KL_BOUND = (
 
 
 class FavouredTokens(nn.Module):
-    """A reward model stand-in: +1 for each answer token (after the last <|assistant|>) with id < FAVOURED."""
+    """A reward model stand-in: +1 for each answer token (after the prompt) with id < FAVOURED."""
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
         columns = torch.arange(ids.shape[1])
-        start = torch.where(ids == SPECIAL_TOKENS.index(ASSISTANT), columns, -1).max(1).values  # (B,)
-        answer = (columns > start[:, None]) & (columns < lengths[:, None])  # (B, T)
+        answer = (columns >= prompt_lengths[:, None]) & (columns < lengths[:, None])  # (B, T)
         return ((ids < FAVOURED) & answer).sum(1).float()
 
 
 class Zero(nn.Module):
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
         return torch.zeros(len(ids))
 
 
@@ -207,6 +206,16 @@ def test_token_rewards_put_the_score_on_the_last_answer_token() -> None:
     assert rewards.tolist() == [[0.0, -0.5, 4.0, 0.0], [-0.5, -0.5, -0.5, -1.5]]
 
 
+def test_token_rewards_credit_the_part_of_a_score_earned_on_a_token_there() -> None:
+    mask = torch.tensor([[False, True, True, False], [True, True, True, True]])
+    kl = torch.tensor([[9.0, 1.0, 2.0, 9.0], [1.0, 1.0, 1.0, 1.0]])
+    earned = torch.tensor([[7.0, -2.0, -1.0, 7.0], [-1.0, 0.0, -3.0, 0.0]])  # outside the answer: ignored
+    rewards = token_rewards(torch.tensor([5.0, -1.0]), kl, mask, kl_coef=0.5, earned=earned)
+    # row 0: the score 5 is -3 earned on the answer's tokens, 8 on its last; row 1: -4 earned, 3 on the last
+    assert rewards.tolist() == [[0.0, -2.5, 6.0, 0.0], [-1.5, -0.5, -3.5, 2.5]]
+    assert rewards.sum(1).tolist() == [5.0 - 0.5 * 3, -1.0 - 0.5 * 4]  # the same total as without `earned`
+
+
 def test_config_names_the_bad_flag(policy_run: Path) -> None:
     with pytest.raises(ConfigError, match="--rollout-batch"):
         _config(policy_run, "x", rollout_batch=2, batch_size=4)
@@ -229,16 +238,20 @@ def test_cli_help(capsys: pytest.CaptureFixture) -> None:
     )
 
 
-def test_cli_trains_against_a_saved_reward_model(policy_run: Path, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("likelihood", [False, True])
+def test_cli_trains_against_a_saved_reward_model(
+    policy_run: Path, tokenizer: Tokenizer, likelihood: bool
+) -> None:
     from forge.align.reward import RewardModel, save_reward_model
     from forge.cli.ppo import register
 
-    reward_run = policy_run.parent / "reward"
-    save_reward_model(RewardModel(Transformer(CONFIG)), reward_run, extra_config={})
+    reward_run = policy_run.parent / f"reward-{likelihood}"
+    model = RewardModel(Transformer(CONFIG), likelihood=likelihood)
+    save_reward_model(model, reward_run, extra_config={"reward": {"likelihood": likelihood}})
     tokenizer.save(reward_run / "tokenizer")
     parser = argparse.ArgumentParser(prog="forge")
     register(parser.add_subparsers())
-    out = policy_run.parent / "cli"
+    out = policy_run.parent / f"cli-{likelihood}"
     prompts = str(policy_run.parent / "prompts.jsonl")
     flags = {"--reward": str(reward_run), "--prompts": prompts, "--out": str(out), "--max-steps": "2",
              "--rollout-batch": "4", "--batch-size": "2", "--ppo-epochs": "1", "--max-new-tokens": "4",

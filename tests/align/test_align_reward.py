@@ -2,6 +2,8 @@
 tiny model learns a separable preference set, every weight trains, and the run directory round-trips."""
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from forge.align.reward import (
     score_file,
     train_reward_model,
 )
+from forge.errors import CheckpointError
 from forge.model.io import load_model
 from forge.model.transformer import Transformer
 from forge.runtime import seed_everything
@@ -44,15 +47,53 @@ def trained(base_run: Path, prefs: Path, tmp_path_factory: pytest.TempPathFactor
     return out, train_reward_model(_config(base_run, prefs, out))
 
 
-def test_the_reward_is_read_at_the_last_token_whatever_the_padding() -> None:
-    model = RewardModel(Transformer(CONFIG)).eval()
+def _gated(likelihood: bool, tie_embeddings: bool = True) -> RewardModel:
+    """A reward model of random weights, its gate (if any) random too, so the likelihood term is not ~0."""
+    torch.manual_seed(0)
+    model = RewardModel(Transformer(replace(CONFIG, tie_embeddings=tie_embeddings)), likelihood=likelihood)
+    if likelihood:
+        torch.nn.init.normal_(model.likelihood_gate.weight, std=1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("likelihood", [False, True])
+def test_the_reward_does_not_depend_on_the_padding(likelihood: bool) -> None:
+    model = _gated(likelihood)
     short, long = torch.tensor([5, 6, 7]), torch.tensor([5, 6, 7, 8, 9, 10])
     padded = torch.stack([torch.cat([short, torch.zeros(3, dtype=torch.long)]), long])
+    one = torch.tensor([1])
     with torch.no_grad():
-        together = model(padded, torch.tensor([3, 6]))
-        alone = torch.cat([model(short[None], torch.tensor([3])), model(long[None], torch.tensor([6]))])
+        together = model(padded, torch.tensor([3, 6]), torch.tensor([1, 1]))
+        alone = torch.cat(
+            [model(short[None], torch.tensor([3]), one), model(long[None], torch.tensor([6]), one)]
+        )
     assert together.shape == (2,)
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_the_likelihood_term_is_the_gated_log_likelihood_of_the_answer_tokens(tie_embeddings: bool) -> None:
+    model = _gated(True, tie_embeddings)
+    lm = Transformer(model.body.config).eval()  # the same body with its lm_head, to compute the term by hand
+    lm.load_state_dict(model.body.state_dict(), strict=False)
+    if tie_embeddings:
+        assert lm.lm_head.weight is lm.model.embed_tokens.weight
+    ids, prompt_length = torch.tensor([[3, 9, 4, 12, 7, 30, 5]]), 3  # the answer: tokens 3..6
+    with torch.no_grad():
+        reward = model(ids, torch.tensor([7]), torch.tensor([prompt_length]))
+        hidden, logits = lm.hidden_states(ids), lm(ids)
+        logprobs = torch.log_softmax(logits[0], -1)
+        gates = torch.sigmoid(model.likelihood_gate(hidden[0])).squeeze(-1)
+        term = sum(gates[t] * logprobs[t - 1, ids[0, t]] for t in range(prompt_length, 7))
+        last = model.score_head(hidden[0, -1])
+        no_answer = model(ids, torch.tensor([7]), torch.tensor([7])) - last  # every token is prompt: no term
+    torch.testing.assert_close(reward, last + term, atol=1e-5, rtol=1e-5)
+    assert float(term) < 0 and abs(float(no_answer)) < 1e-5
+    with torch.no_grad():
+        total, terms = model.rewards_and_token_terms(ids, torch.tensor([7]), torch.tensor([prompt_length]))
+    assert terms.shape == (1, 6) and terms[0, : prompt_length - 1].eq(0).all()  # terms of ids[:, 1:]
+    torch.testing.assert_close(terms.sum(1), term.reshape(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(total, reward)
 
 
 def test_the_held_out_split_keeps_each_prompt_on_one_side() -> None:
@@ -120,3 +161,35 @@ def test_a_resumed_reward_run_ends_with_the_same_weights(base_run: Path, prefs: 
     straight, split = load_reward_model(tmp_path / "straight"), load_reward_model(tmp_path / "split")
     for (name, a), (_, b) in zip(straight.state_dict().items(), split.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_likelihood_reward_model_learns_trains_every_weight_and_round_trips(
+    base_run: Path, prefs: Path, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    out = tmp_path / "likelihood"
+    summary = train_reward_model(_config(base_run, prefs, out, likelihood=True))
+    assert summary["val_accuracy_before"] < 0.7 and summary["val_accuracy_after"] >= 0.9
+    assert json.loads((out / "config.json").read_text())["reward"]["likelihood"] is True
+    seed_everything(0)
+    initial = RewardModel(load_model(base_run), likelihood=True)
+    final = load_reward_model(out)
+    assert final.likelihood
+    for (name, before), (_, after) in zip(initial.named_parameters(), final.named_parameters(), strict=True):
+        assert not torch.equal(before, after), f"{name} did not train"
+    items = [("tell me about the lamp.", "lamp ship thanks clock bread"),
+             ("tell me about the lamp.", "lamp ship river clock bread")]  # fmt: skip
+    good, bad = score_answers(final, tokenizer, items)
+    assert good > bad and score_answers(load_reward_model(out), tokenizer, items) == [good, bad]
+
+
+def test_a_head_file_without_the_gate_its_config_asks_for_is_refused(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["reward"]["likelihood"] = True
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="reward.likelihood"):
+        load_reward_model(copy)

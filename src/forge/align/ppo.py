@@ -27,7 +27,10 @@ Design choices:
 - an answer ends with end-of-turn or end-of-text, and that token is part of it, so stopping is credited;
   one that reaches `max_new_tokens` without ending gets `no_eos_penalty` added to its score;
 - per-token reward: −β · KL_t (k1 or k3) on every answer token plus the score on the last (Ziegler et al.
-  2019, eq. 2); advantages by GAE over the answer tokens, whitened per rollout;
+  2019, eq. 2); advantages by GAE over the answer tokens, whitened per rollout. A reward model with a
+  likelihood term (`forge reward train --likelihood`) has its per-token terms credited on their tokens
+  and only the rest on the last: paid all at the end, a sum over the answer's tokens made stopping look
+  costly next to the value head's guess, and answers grew longer as the score fell;
 - logs: the PPO loss in `metrics.jsonl` (the loop's); one record per rollout in `rollouts.jsonl` (mean
   score, reward, KL, entropy, answer length, fraction ended, β, clip fractions, value loss, two answers).
   The summary's "before" is the first rollout, "after" one more rollout of the trained policy;
@@ -62,6 +65,7 @@ from forge.align.losses import (
     whiten,
 )
 from forge.align.ppo_report import before_and_after, plot_ppo, ppo_report
+from forge.align.reward import RewardModel, load_reward_model
 from forge.align.value_head import PolicyWithValue
 from forge.config import to_dict
 from forge.errors import ConfigError, DataError
@@ -265,10 +269,17 @@ def pad_rows(
     return ids, prompt_lengths, lengths, mask
 
 
-def token_rewards(scores: Tensor, kl: Tensor, mask: Tensor, *, kl_coef: float) -> Tensor:
+def token_rewards(
+    scores: Tensor, kl: Tensor, mask: Tensor, *, kl_coef: float, earned: Tensor | None = None
+) -> Tensor:
     """Per-token rewards (N, T): −β·KL_t on each answer token, plus the answer's score (N,) on its last
-    one: R(x, y) = r(x, y) − β log(π(y|x) / π_ref(y|x)) spread over tokens (Ziegler et al. 2019, eq. 2)."""
+    one: R(x, y) = r(x, y) − β log(π(y|x) / π_ref(y|x)) spread over tokens (Ziegler et al. 2019, eq. 2).
+    `earned` (N, T), the part of each score earned on single tokens (a likelihood reward model's terms),
+    is credited on those tokens instead, so a token's cost does not wait for the answer's end."""
     rewards = torch.where(mask, -kl_coef * kl.float(), 0.0)
+    if earned is not None:
+        earned = torch.where(mask, earned.float(), 0.0)
+        rewards, scores = rewards + earned, scores.float() - earned.sum(1)
     columns = torch.arange(mask.shape[1], device=mask.device)
     last = torch.where(mask, columns, -1).max(dim=1).values  # (N,) each row's last answer token
     rewards[torch.arange(len(scores), device=mask.device), last] += scores.float()
@@ -301,18 +312,28 @@ def rollout(
         with autocast(device, config.autocast_dtype):
             logits, values = model.forward_with_values(inputs[chunk])
             ref_logits = reference(inputs[chunk]).float() / config.temperature
-            scores = reward_model(ids[chunk], lengths[chunk]).float()
+            if isinstance(reward_model, RewardModel):  # its likelihood terms are credited token by token
+                scores, earned = reward_model.rewards_and_token_terms(
+                    ids[chunk], lengths[chunk], prompt_lengths[chunk]
+                )
+            else:
+                scores = reward_model(ids[chunk], lengths[chunk], prompt_lengths[chunk])
+                earned = torch.zeros(targets[chunk].shape, device=device)
         logits = logits / config.temperature
         logprobs = token_logprobs(logits, targets[chunk])
         ref_logprobs = token_logprobs(ref_logits, targets[chunk])
-        parts.append((logprobs, values, ref_logprobs, entropy_from_logits(logits), scores))
-    logprobs, values, ref_logprobs, entropy, scores = (torch.cat(part) for part in zip(*parts, strict=True))
+        parts.append(
+            (logprobs, values, ref_logprobs, entropy_from_logits(logits), scores.float(), earned.float())
+        )
+    logprobs, values, ref_logprobs, entropy, scores, earned = (
+        torch.cat(part) for part in zip(*parts, strict=True)
+    )
     model.train(was_training)
 
     ended = torch.tensor([e for _, e in answers], device=device)
     kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0)  # (N, T)
     paid = scores + config.no_eos_penalty * (~ended).float()
-    rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef)
+    rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef, earned=earned)
     advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
         advantages = whiten(advantages, mask)
@@ -441,8 +462,6 @@ def _load_models(
     if reward_model is None:
         if not config.reward:
             raise ConfigError("give the reward model: --reward REWARD_RUN (written by `forge reward`)")
-        from forge.align.reward import load_reward_model
-
         _check_tokenizer(config.policy, config.reward, "--reward")
         reward_model = load_reward_model(config.reward, device=device)
     reward_model = reward_model.to(device).eval().requires_grad_(False)
@@ -452,8 +471,8 @@ def _load_models(
 def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str, Any]:
     """Train the policy with PPO as configured; return the summary (also `summary.json` in the run).
 
-    `reward_model`, any module mapping right-padded ids (B, T) and lengths (B,) to scores (B,), replaces
-    `--reward` (a rule-based reward, a test's stand-in).
+    `reward_model`, any module mapping right-padded ids (B, T), lengths (B,) and prompt lengths (B,) to
+    scores (B,), replaces `--reward` (a rule-based reward, a test's stand-in).
     """
     started = time.perf_counter()
     run_dir, device, threads = open_run(config, config.out, resume=config.resume)

@@ -5,16 +5,28 @@ Bradley-Terry loss, through the one training loop.
     → train (−log σ(r_chosen − r_rejected − margin)) → measure after → run directory
 
 Design choices:
-- the body is the base run's transformer without its lm_head (a reward model predicts no tokens); the
-  head maps the final hidden state of each sequence's last token (right padding: position length − 1)
-  to one number, as InstructGPT (Ouyang et al. 2022) and HF's `LlamaForSequenceClassification` do;
+- the body is the base run's transformer without its lm_head (a reward model predicts no tokens; see
+  --likelihood for the exception); the head maps the final hidden state of each sequence's last token
+  (right padding: position length − 1) to one number, as InstructGPT (Ouyang et al. 2022) and HF's
+  `LlamaForSequenceClassification` do;
 - the head has no bias: the Bradley-Terry loss sees only differences of rewards, so a bias would get no
   gradient. Its weights start at N(0, 1/(dim + 1)) as in OpenAI's lm-human-preferences (Ziegler et al.
   2019), so the first rewards are of order one. A reward has no fixed zero: compare rewards, or subtract
   the mean over answers one cares about;
+- `--likelihood` adds the answer's log-likelihood under the body's own lm_head, gated per token:
+  r = w·h_last + Σ_t σ(g·h_t + b) · log p(y_t | prompt, y_<t), over the answer's tokens and its
+  end-of-turn. A slip such as a misspelt name copied from the prompt is a token the language model finds
+  improbable, but a head reading the last hidden state does not see it: on the standard-library pairs
+  the SFT model puts the chosen answer's opening (up to its first "(") above the rejected one's in 98% of
+  the pairs separated by the asked name, while a last-token reward model tells those pairs apart at
+  chance. The gate learns from the pairs which tokens' likelihood counts; its weights start at zero and
+  its bias at −4 (the term starts near zero), and it learns `--gate-lr-scale` times faster than the rest
+  (at the body's rate it learnt too slowly: held-out accuracy 0.81 after 320 steps on those pairs, 0.89
+  at 30 times). The lm_head is kept (tied: the embedding);
 - the run directory has `model.safetensors` (the body, with `forge.model.io`'s names, so a body with
-  tied embeddings also loads with `load_model`, e.g. to start a PPO value model), `reward_head.safetensors`,
-  `config.json` ({"model", "reward", "train"}) and `tokenizer/`; `load_reward_model` rebuilds the model;
+  tied embeddings also loads with `load_model`, e.g. to start a PPO value model), `reward_head.safetensors`
+  (the head, and the gate's `likelihood_gate.*`), `config.json` ({"model", "reward", "train"}; `reward`
+  says whether there is a likelihood term) and `tokenizer/`; `load_reward_model` rebuilds the model;
 - held-out pairs (--val-data, else --val-fraction of the prompts) give the loss, the accuracy (the
   fraction with r_chosen > r_rejected; a tie counts as wrong) and the mean margin r_chosen − r_rejected,
   before and after training.
@@ -33,9 +45,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from forge.align.formats import Messages, parse_prompt, read_preferences
-from forge.align.losses import bradley_terry_loss
+from forge.align.losses import bradley_terry_loss, token_logprobs
 from forge.align.pairs import (
     EncodedPairs,
     PairLoader,
@@ -61,29 +74,62 @@ from forge.train.precision import autocast
 HEAD_WEIGHTS_NAME = "reward_head.safetensors"
 
 
-class RewardModel(nn.Module):
-    """A transformer body and a linear score head: `forward(ids, lengths)` gives one reward per sequence.
-    The body is taken over, not copied: its lm_head is removed."""
+GATE_BIAS = -4.0  # σ(−4) ≈ 0.018: the likelihood term starts near zero and the gate learns where it counts
 
-    def __init__(self, body: Transformer) -> None:
+
+class RewardModel(nn.Module):
+    """A transformer body and a linear score head: `forward(ids, lengths, prompt_lengths)` gives one reward
+    per sequence. The body is taken over, not copied. Without `likelihood` its lm_head is removed; with it,
+    the reward adds the gated log-likelihood of the answer tokens under the body's own lm_head."""
+
+    def __init__(self, body: Transformer, *, likelihood: bool = False) -> None:
         super().__init__()
-        del body.lm_head  # a reward model predicts no tokens
+        self.likelihood = likelihood
+        if not likelihood or body.config.tie_embeddings:
+            del body.lm_head  # no tokens predicted, or the tied embedding serves as the lm_head
         self.body = body
         self.score_head = nn.Linear(body.config.dim, 1, bias=False)
         nn.init.normal_(self.score_head.weight, std=1 / math.sqrt(body.config.dim + 1))
+        if likelihood:
+            self.likelihood_gate = nn.Linear(body.config.dim, 1)
+            nn.init.zeros_(self.likelihood_gate.weight)
+            nn.init.constant_(self.likelihood_gate.bias, GATE_BIAS)
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        """ids (B, T), right-padded; lengths (B,) → rewards (B,) in float32."""
+    def forward(self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
+        """ids (B, T), right-padded; lengths (B,); prompt_lengths (B,), the tokens before the answer
+        → rewards (B,) in float32."""
+        return self.rewards_and_token_terms(ids, lengths, prompt_lengths)[0]
+
+    def rewards_and_token_terms(
+        self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The rewards (B,), and the part of them earned on single tokens (B, T-1), aligned with ids[:, 1:]:
+        σ(gate(h_t)) · log p(token t | tokens < t) on each answer token (zeros without `likelihood`). PPO
+        credits that part where it was earned, the rest on the answer's last token."""
         hidden = self.body.hidden_states(ids)  # (B, T, C)
         last = hidden[torch.arange(ids.shape[0], device=ids.device), lengths - 1]  # (B, C)
-        return self.score_head(last).squeeze(-1).float()  # (B,)
+        rewards = self.score_head(last).squeeze(-1).float()  # (B,)
+        if not self.likelihood:
+            return rewards, torch.zeros(ids.shape[0], ids.shape[1] - 1, device=ids.device)
+        position = torch.arange(1, ids.shape[1], device=ids.device)[None]  # (1, T-1): token t of ids[:, 1:]
+        answer = (position >= prompt_lengths[:, None]) & (position < lengths[:, None])  # (B, T-1)
+        lm_head = self.body.model.embed_tokens if self.body.config.tie_embeddings else self.body.lm_head
+        logits = F.linear(hidden[:, :-1][answer], lm_head.weight).float()  # (N, V): answer tokens only
+        logprobs = token_logprobs(logits, ids[:, 1:][answer])  # (N,)
+        gates = torch.sigmoid(self.likelihood_gate(hidden[:, 1:][answer]).squeeze(-1).float())  # (N,)
+        terms = torch.zeros(answer.shape, device=ids.device, dtype=torch.float32)  # (B, T-1)
+        terms[answer] = gates * logprobs
+        return rewards + terms.sum(1), terms
 
 
 def save_reward_model(model: RewardModel, directory: str | Path, *, extra_config: dict[str, Any]) -> None:
     """Write the body (`model.safetensors`), the head (`reward_head.safetensors`) and `config.json`."""
     directory = Path(directory)
     body = {name: t.detach().cpu().contiguous() for name, t in model.body.state_dict().items()}
-    head = {"weight": model.score_head.weight.detach().cpu().contiguous()}
+    heads = {"weight": model.score_head.weight}
+    if model.likelihood:
+        heads |= {f"likelihood_gate.{name}": t for name, t in model.likelihood_gate.state_dict().items()}
+    head = {name: t.detach().cpu().contiguous() for name, t in heads.items()}
     write_with(directory / WEIGHTS_NAME, lambda tmp: save_file(body, str(tmp), metadata={"format": "pt"}))
     write_with(directory / HEAD_WEIGHTS_NAME, lambda tmp: save_file(head, str(tmp)))
     write_json(directory / CONFIG_NAME, {"model": asdict(model.body.config), **extra_config})
@@ -101,11 +147,13 @@ def _read_weights(path: Path, device: str | torch.device) -> dict[str, Tensor]:
 def load_reward_model(directory: str | Path, *, device: str | torch.device = "cpu") -> RewardModel:
     """The `RewardModel` of a run directory written by `forge reward train`, float32, in eval mode."""
     directory = Path(directory)
+    likelihood = bool(_reward_section(directory).get("likelihood", False))
     with torch.device(device):
-        model = RewardModel(Transformer(load_config(directory)))
+        model = RewardModel(Transformer(load_config(directory)), likelihood=likelihood)
     body = _read_weights(directory / WEIGHTS_NAME, device)
-    body.pop("lm_head.weight", None)  # the base's, if the body was saved with one
     expected = model.body.state_dict().keys()
+    if "lm_head.weight" not in expected:
+        body.pop("lm_head.weight", None)  # the base's, if the body was saved with one
     if body.keys() != expected:
         missing, unexpected = sorted(expected - body.keys()), sorted(body.keys() - expected)
         raise CheckpointError(
@@ -113,8 +161,27 @@ def load_reward_model(directory: str | Path, *, device: str | torch.device = "cp
             f"unexpected {unexpected[:3]})"
         )
     model.body.load_state_dict(body)
-    model.score_head.load_state_dict(_read_weights(directory / HEAD_WEIGHTS_NAME, device))
+    head = _read_weights(directory / HEAD_WEIGHTS_NAME, device)
+    gate = {name.removeprefix("likelihood_gate."): head.pop(name) for name in list(head)
+            if name.startswith("likelihood_gate.")}  # fmt: skip
+    if likelihood != bool(gate) or set(head) != {"weight"}:
+        raise CheckpointError(
+            f"{directory / HEAD_WEIGHTS_NAME}: its tensors ({sorted(head) + sorted(gate)}) do not match "
+            f"config.json's reward.likelihood = {likelihood}; were they written together?"
+        )
+    model.score_head.load_state_dict(head)
+    if likelihood:
+        model.likelihood_gate.load_state_dict(gate)
     return model.eval()
+
+
+def _reward_section(directory: Path) -> dict[str, Any]:
+    """The "reward" object of a reward run's config.json (empty when there is none)."""
+    try:
+        section = json.loads((directory / CONFIG_NAME).read_text(encoding="utf-8")).get("reward", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}  # load_config, called next, names what is wrong with the file
+    return section if isinstance(section, dict) else {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +199,11 @@ class RewardConfig(TrainConfig):
     seeded with --seed)"""
     margin: float = 0.0
     """margin m of the loss −log σ(r_chosen − r_rejected − m) (Llama 2, eq. 2)"""
+    likelihood: bool = False
+    """add to the reward the answer's log-likelihood under the body's own lm_head, each token weighted by a
+    learned gate: the model then sees tokens its language model finds improbable, such as a misspelt name"""
+    gate_lr_scale: float = 30.0
+    """with --likelihood: the gate's learning rate as a multiple of --lr (its weights start at zero)"""
     out: str = "runs/reward"
     """run directory to write"""
     resume: bool = False
@@ -152,6 +224,8 @@ class RewardConfig(TrainConfig):
             raise ConfigError("give the run to start from: forge reward train BASE_RUN --data prefs.jsonl")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.gate_lr_scale <= 0:
+            raise ConfigError(f"--gate-lr-scale must be positive, got {self.gate_lr_scale}")
 
 
 @torch.no_grad()
@@ -164,9 +238,9 @@ def pair_rewards(
     model.eval()
     chosen, rejected = [], []
     for indices in iter_indices(len(pairs), batch_size, max_batches):
-        ids, lengths, _ = collate(pairs, indices, pad_id)
+        ids, lengths, prompt_lengths = collate(pairs, indices, pad_id)
         with autocast(device, dtype):
-            rewards = model(ids.to(device), lengths.to(device)).cpu()  # (2B,)
+            rewards = model(ids.to(device), lengths.to(device), prompt_lengths.to(device)).cpu()  # (2B,)
         chosen.append(rewards[: len(indices)])
         rejected.append(rewards[len(indices) :])
     model.train(was_training)
@@ -189,7 +263,7 @@ def train_reward_model(config: RewardConfig) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir, device, threads = open_run(config, config.out, resume=config.resume)
     body, tokenizer, seq_len = load_start(config.base, device, config.seq_len)
-    model = RewardModel(body).to(device)
+    model = RewardModel(body, likelihood=config.likelihood).to(device)
     train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.seed)
     train_encoded, too_long = encode_pairs(tokenizer, train_pairs, seq_len=seq_len)
     val_encoded, val_too_long = encode_pairs(tokenizer, val_pairs, seq_len=seq_len)
@@ -201,20 +275,21 @@ def train_reward_model(config: RewardConfig) -> dict[str, Any]:
                                         max_batches=0 if final else config.eval_batches)  # fmt: skip
         return preference_metrics(chosen, rejected, config.margin)
 
-    def loss_fn(model: nn.Module, ids: Tensor, lengths: Tensor) -> Tensor:
-        rewards = model(ids, lengths)  # (2B,): the chosen sides, then the rejected ones
+    def loss_fn(model: nn.Module, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
+        rewards = model(ids, lengths, prompt_lengths)  # (2B,): the chosen sides, then the rejected ones
         half = rewards.shape[0] // 2
         return bradley_terry_loss(rewards[:half], rewards[half:], config.margin)
 
     loader = PairLoader(len(train_encoded), config.batch_size, seed=config.seed)
 
-    def next_batch() -> tuple[Tensor, Tensor]:
-        ids, lengths, _ = collate(train_encoded, loader.next_indices(), pad_id)
-        return ids, lengths
+    def next_batch() -> tuple[Tensor, Tensor, Tensor]:
+        return collate(train_encoded, loader.next_indices(), pad_id)
 
     before = measure()
+    gate_scales = {f"likelihood_gate.{name}": config.gate_lr_scale for name in ("weight", "bias")}
     optimizer = build_optimizer(model, lr=config.lr, weight_decay=config.weight_decay,
-                                betas=(config.beta1, config.beta2), device=device)  # fmt: skip
+                                betas=(config.beta1, config.beta2), device=device,
+                                lr_scales=gate_scales if config.likelihood else None)  # fmt: skip
     state = start_or_resume(
         run_dir, resume=config.resume, model=model, optimizer=optimizer, data=loader, tokenizer=tokenizer
     )
@@ -227,7 +302,8 @@ def train_reward_model(config: RewardConfig) -> dict[str, Any]:
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
     after = measure()
-    reward_info = {"head": HEAD_WEIGHTS_NAME, "base": str(Path(config.base).resolve())}
+    reward_info = {"head": HEAD_WEIGHTS_NAME, "base": str(Path(config.base).resolve()),
+                   "likelihood": config.likelihood}  # fmt: skip
     save_reward_model(model, run_dir, extra_config={"reward": reward_info, "train": to_dict(config)})
     counts = {"train_pairs": len(train_encoded), "val_pairs": len(val_encoded),
               "pairs_too_long": too_long, "val_pairs_too_long": val_too_long}  # fmt: skip
@@ -315,12 +391,13 @@ def score_answers(
     read); how many were cut is printed to stderr."""
     device = next(model.parameters()).device
     context = model.body.config.context_length
-    sides, cut = [], 0
+    sides, prompt_lengths, cut = [], [], 0
     for prompt, answer in items:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        side, _ = encode_side(tokenizer, messages, answer)
+        side, prompt_length = encode_side(tokenizer, messages, answer)
         cut += len(side) > context
         sides.append(torch.tensor(side[-context:], dtype=torch.long))
+        prompt_lengths.append(max(prompt_length - max(len(side) - context, 0), 0))
     if cut:
         print(f"warning: {cut} of {len(sides)} answers were longer than the context ({context} tokens) "
               "with their prompt; their last tokens were scored", file=sys.stderr)  # fmt: skip
@@ -328,7 +405,8 @@ def score_answers(
     scores: list[float] = []
     for start in range(0, len(sides), batch_size):
         ids, lengths = pad_right(sides[start : start + batch_size], tokenizer.pad_id)
-        scores += model(ids.to(device), lengths.to(device)).tolist()
+        prompts = torch.tensor(prompt_lengths[start : start + batch_size])
+        scores += model(ids.to(device), lengths.to(device), prompts.to(device)).tolist()
     return scores
 
 

@@ -25,7 +25,8 @@ def register(commands: Any) -> None:
         config_cls=RewardConfig,
         skip=("base",),
         help="train a reward model (Bradley-Terry loss) on preference pairs",
-        description="Train a reward model: BASE_RUN's transformer with a scalar head on the last token, "
+        description="Train a reward model: BASE_RUN's transformer with a scalar head on the last token "
+        "(with --likelihood, plus the answer's log-likelihood under its own LM head, gated per token), "
         "trained on preference pairs (JSONL of {'prompt', 'chosen', 'rejected'}) with the Bradley-Terry "
         "loss. Reports the held-out accuracy (chosen scored above rejected) and mean margin before and "
         "after training.",
