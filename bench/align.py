@@ -26,6 +26,15 @@ prompts, in one run.
 With `--likelihood` both reward models add the answer's gated log-likelihood under their own LM head
 (`forge reward train --likelihood`); PPO then credits those per-token terms on their tokens.
 
+With `--dpo-pairs rule,reward` a second DPO run trains on reward-ranked pairs: for each instruction of
+half A, the answer RM-A scores highest among those sampled for it against the one it scores lowest (as
+Dong et al. 2024, "RLHF Workflow", and Llama 3 build DPO data), the rule-tied pairs included.
+With `--select-prompts N --checkpoints K`, each DPO and PPO run keeps K evenly spaced checkpoints, and
+the judge chooses, on N further validation instructions after the `--eval-prompts` ones, the DPO run and
+checkpoint and the PPO checkpoint whose answers it prefers to the SFT policy's most often: early
+stopping on prompts the reported numbers are not measured on. `held_out_by_candidate` still gives every
+candidate's held-out numbers.
+
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 
 bench/results/align.json was made on the demo's data (`make demo`) with the demo's pretraining and
@@ -40,15 +49,24 @@ fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 an
         --eval-batches 8 --checkpoint-every 200
     forge sft demo_out/runs/long_sft --data demo_out/sft/train.jsonl --out demo_out/runs/long_sft_long \
         --lr 1e-3 --max-steps 1100 --batch-size 8
+    python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align \
+        --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
+        --reward-steps 320 --likelihood --dpo-pairs rule,reward --dpo-steps 480 --ppo-steps 384
+
+bench/results/align_likelihood.json and align_last_token.json came from an earlier model made by the same
+three commands (its 36 minutes reached a held-out loss of 2.88; align.json's model, 2,755 steps at a
+throughput that fell from 4,400 to 2,200 tokens/s during the run, 3.11) and the bench before
+--select-prompts:
+
     python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align_long \
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 320 --dpo-steps 240
     python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align_lik --reuse-pairs \
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --reward-steps 320 --dpo-steps 480 \
         --ppo-steps 192 --likelihood
 
-The first run (last-token reward models) is bench/results/align_last_token.json; align.json is the
-second, which judged the first run's sampled answers again (its sampled.jsonl copied into
-demo_out/bench_align_lik), so both have the same 2,351 pairs.
+The first (last-token reward models) is align_last_token.json; align_likelihood.json is the second, which
+judged the first run's sampled answers again (its sampled.jsonl copied into demo_out/bench_align_lik),
+so both have the same 2,351 pairs.
 
 bench/results/align_12min.json was made the same way on the demo's own 12-minute pretraining run:
 
@@ -77,9 +95,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from forge.align.dpo import DpoConfig, dpo
-from forge.align.formats import read_prompts
+from forge.align.formats import prompt_key, read_prompts
 from forge.align.losses import token_logprobs
 from forge.align.ppo import PpoConfig, ppo
 from forge.align.preferences import NewPair
@@ -94,7 +113,7 @@ from forge.align.rule import compare, judge, task_of
 from forge.align.sample_pairs import PairConfig, SampledPair, sample_pairs, synthesize
 from forge.infer.batch import generate_batch
 from forge.infer.sampling import SamplingConfig
-from forge.model.io import load_model
+from forge.model.io import load_config, load_model
 from forge.model.transformer import Transformer
 from forge.runtime import available_cores, set_threads
 from forge.tokenizer.bpe import Tokenizer
@@ -227,6 +246,119 @@ def win_rate(outcomes: Iterable[int]) -> float:
     return sum((o + 1) / 2 for o in results) / len(results)
 
 
+def reward_ranked_pairs(
+    model: RewardModel, tokenizer: Tokenizer, pairs: list[SampledPair], half: str, path: Path
+) -> dict[str, int]:
+    """Preference pairs ranked by a reward model instead of the rule: the distinct answers sampled for each
+    prompt of `half`, scored by `model`, the best against the worst (the reward-ranked pairs of Dong et al.
+    2024, "RLHF Workflow", and Llama 3's preference data), written to `path`. Returns counts."""
+    by_prompt: dict[str, tuple[Any, list[str]]] = {}
+    for sampled in pairs:
+        p = sampled.pair
+        if _half(p.prompt) != half:
+            continue
+        _, answers = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, []))
+        answers += [a for a in dict.fromkeys((p.answer_a, p.answer_b)) if a not in answers]
+    items = [(prompt, a) for prompt, answers in by_prompt.values() for a in answers]
+    scores = iter(score_answers(model, tokenizer, items))
+    lines, ties = [], 0
+    for prompt, answers in by_prompt.values():
+        ranked = sorted(zip([next(scores) for _ in answers], answers, strict=True), key=lambda x: -x[0])
+        (best, chosen), (worst, rejected) = ranked[0], ranked[-1]
+        if best > worst:
+            lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
+        else:
+            ties += 1
+    path.write_text("\n".join(lines) + "\n")
+    return {"prompts": len(by_prompt), "answers": len(items), "pairs": len(lines), "ties_skipped": ties}
+
+
+def checkpoint_policy(checkpoint: Path, base: Path) -> Transformer:
+    """The policy of a training checkpoint (`checkpoints/step-N/` of a DPO or PPO run started from `base`):
+    its weights, without PPO's value head, in a model of `base`'s shape."""
+    config = load_config(base)
+    model = Transformer(config)
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in weights.items() if not k.startswith("value_head.")}, strict=False
+    )
+    if unexpected or set(missing) != ({"lm_head.weight"} if config.tie_embeddings else set()):
+        raise SystemExit(f"{checkpoint}: weights do not fit {base}'s model ({missing[:3]}, {unexpected[:3]})")
+    return model.eval()
+
+
+def run_checkpoints(run_dir: Path, base: Path) -> dict[int, Transformer]:
+    """Every checkpoint a run kept, by step."""
+    return {
+        int(path.name.removeprefix("step-")): checkpoint_policy(path, base)
+        for path in sorted((run_dir / "checkpoints").glob("step-*"))
+        if not path.name.endswith(".tmp")
+    }
+
+
+class Judged:
+    """The policies' answers to a set of held-out prompts, judged against the SFT policy's by the judge
+    (a reward model never optimised against) and by the rule."""
+
+    def __init__(self, prompts: list, sft: Transformer, judge_model: RewardModel, tokenizer: Tokenizer,
+                 max_new_tokens: int) -> None:  # fmt: skip
+        self.prompts, self.sft, self.judge_model, self.tokenizer = prompts, sft, judge_model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.sft_answers = answer(sft, tokenizer, prompts, max_new_tokens)
+        self.sft_scores = self._scores(self.sft_answers)
+        self.sft_verdicts = self._verdicts(self.sft_answers)
+
+    def _scores(self, answers: list) -> list[float]:
+        items = [(p, a[0]) for p, a in zip(self.prompts, answers, strict=True)]
+        return score_answers(self.judge_model, self.tokenizer, items)
+
+    def _verdicts(self, answers: list) -> list:
+        return [judge(p, a[0], finished=a[1]) for p, a in zip(self.prompts, answers, strict=True)]
+
+    def sft_metrics(self) -> dict[str, Any]:
+        return self._rule(self.sft_verdicts)
+
+    def _rule(self, verdicts: list) -> dict[str, Any]:
+        n = len(self.prompts)
+        return {
+            "rule_pass_rate": round(sum(v.passes for v in verdicts) / n, 4),
+            "rule_score": round(sum(v.score for v in verdicts) / n, 4),
+            "failed_checks": dict(Counter(check for v in verdicts for check in v.failed).most_common()),
+        }
+
+    def measure(self, policy: Transformer) -> tuple[dict[str, Any], list]:
+        """Win rate against the SFT policy by the judge, KL to it and the rule's verdicts; and the answers."""
+        answers = answer(policy, self.tokenizer, self.prompts, self.max_new_tokens)
+        scores, verdicts = self._scores(answers), self._verdicts(answers)
+        wins = win_rate((s > b) - (s < b) for s, b in zip(scores, self.sft_scores, strict=True))
+        rule_wins = win_rate(
+            {"a": 1, "b": -1, None: 0}[compare(v, base)]
+            for v, base in zip(verdicts, self.sft_verdicts, strict=True)
+        )
+        metrics = {
+            "win_rate": round(wins, 4),
+            "kl": round(kl_to(policy, self.sft, self.tokenizer, self.prompts, answers), 4),
+            "rule_win_rate": round(rule_wins, 4),
+            **self._rule(verdicts),
+        }
+        return metrics, answers
+
+
+def select(candidates: dict[str, Transformer], selection: Judged | None) -> tuple[str, list[dict[str, Any]]]:
+    """The candidate whose answers the judge prefers most often on the selection prompts (the earliest on a
+    tie), and every candidate's numbers there; without selection prompts, the last candidate."""
+    names = list(candidates)
+    if selection is None:
+        return names[-1], []
+    table = []
+    for name in names:
+        metrics, _ = selection.measure(candidates[name])
+        table.append({"candidate": name, **{k: v for k, v in metrics.items() if k != "failed_checks"}})
+        print(f"selection: {json.dumps(table[-1])}", flush=True)
+    best = max(range(len(names)), key=lambda i: (table[i]["win_rate"], -i))
+    return names[best], table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -262,10 +394,36 @@ def main() -> None:
         action="store_true",
         help="both reward models add the answer's gated log-likelihood (forge reward train --likelihood)",
     )
+    parser.add_argument(
+        "--dpo-pairs",
+        default="rule",
+        help="comma-separated, each trains a DPO run: rule (the rule's pairs of half A, as the reward model "
+        "learnt from) and reward (for each prompt of half A, its sampled answer RM-A scores highest against "
+        "the one it scores lowest)",
+    )
+    parser.add_argument(
+        "--select-prompts",
+        type=int,
+        default=0,
+        help="held-out instructions, after the --eval-prompts ones, on which the judge chooses among the "
+        "DPO runs and checkpoints and among the PPO checkpoints (0: the last DPO run's and PPO's final "
+        "weights)",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=int,
+        default=1,
+        help="evenly spaced checkpoints of each DPO and PPO run that --select-prompts chooses among",
+    )
     parser.add_argument("--dpo-steps", type=int, default=80, help="DPO steps")
     parser.add_argument("--dpo-lr", type=float, default=2e-5, help="DPO learning rate")
     parser.add_argument("--ppo-steps", type=int, default=96, help="PPO minibatch updates")
     args = parser.parse_args()
+    args.dpo_pairs = [v.strip() for v in args.dpo_pairs.split(",") if v.strip()]
+    if not args.dpo_pairs or set(args.dpo_pairs) - {"rule", "reward"}:
+        parser.error(f"--dpo-pairs takes rule, reward or both (comma-separated), got {args.dpo_pairs}")
+    if args.checkpoints < 1 or (args.checkpoints > 1 and not args.select_prompts):
+        parser.error("--checkpoints must be at least 1, and above 1 only with --select-prompts")
     threads = set_threads(available_cores())
     sft_run, data, out = Path(args.sft), Path(args.data), Path(args.out)
     prefs, sampled_path = out / "prefs.jsonl", out / "sampled.jsonl"
@@ -275,7 +433,7 @@ def main() -> None:
             "sample them"
         )
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("rm_A", "rm_B", "dpo", "ppo"):
+    for name in ("rm_A", "rm_B", "dpo", "dpo_rule", "dpo_reward", "ppo"):
         shutil.rmtree(out / name, ignore_errors=True)  # every run starts from the SFT policy again
     seconds: dict[str, float] = {}
     common = {"progress": False, "threads": threads, "eval_every": 0, "checkpoint_every": 0}
@@ -325,18 +483,31 @@ def main() -> None:
     by_difference = accuracy_by_difference(load_reward_model(out / "rm_A"), tokenizer, halves["B"])
     print(f"reward model accuracy by what separates the pair: {json.dumps(by_difference)}", flush=True)
     seconds["reward_models"] = time.perf_counter() - start
+    judge_model = load_reward_model(out / "rm_B")
+    checkpoint_every = {
+        "dpo": args.dpo_steps // args.checkpoints if args.checkpoints > 1 else 0,
+        "ppo": args.ppo_steps // args.checkpoints if args.checkpoints > 1 else 0,
+    }
     start = time.perf_counter()
-    dpo_summary = dpo(
-        DpoConfig(
-            policy=str(sft_run),
-            data=str(halves["A_train"]),
-            val_data=str(halves["B"]),
-            out=str(out / "dpo"),
-            max_steps=args.dpo_steps,
-            lr=args.dpo_lr,
-            **common,
+    dpo_data, dpo_summaries, reward_pairs_report = {"rule": halves["A_train"]}, {}, None
+    if "reward" in args.dpo_pairs:
+        dpo_data["reward"] = out / "A_reward.jsonl"
+        reward_pairs_report = reward_ranked_pairs(
+            load_reward_model(out / "rm_A"), tokenizer, pairs, "A", dpo_data["reward"]
         )
-    )
+        print(f"reward-ranked pairs: {json.dumps(reward_pairs_report)}", flush=True)
+    for variant in args.dpo_pairs:
+        dpo_summaries[variant] = dpo(
+            DpoConfig(
+                policy=str(sft_run),
+                data=str(dpo_data[variant]),
+                val_data=str(halves["B"]),
+                out=str(out / f"dpo_{variant}"),
+                max_steps=args.dpo_steps,
+                lr=args.dpo_lr,
+                **common | {"checkpoint_every": checkpoint_every["dpo"], "keep_checkpoints": 0},
+            )
+        )
     seconds["dpo"] = time.perf_counter() - start
     prompts_a = out / "prompts_A.jsonl"
     prompts_a.write_text(
@@ -358,57 +529,68 @@ def main() -> None:
             max_new_tokens=args.max_new_tokens,
             progress=False,
             threads=threads,
+            checkpoint_every=checkpoint_every["ppo"],
+            keep_checkpoints=0,
         )
     )
     seconds["ppo"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    held_out = instructions(data / "val.jsonl")[: args.eval_prompts]
-    judge_model = load_reward_model(out / "rm_B")
-    policies = {"sft": policy, "dpo": load_model(out / "dpo"), "ppo": load_model(out / "ppo")}
-    answers = {
-        name: answer(model, tokenizer, held_out, args.max_new_tokens) for name, model in policies.items()
-    }
-    scores = {
-        name: score_answers(judge_model, tokenizer, [(p, a[0]) for p, a in zip(held_out, ans, strict=True)])
-        for name, ans in answers.items()
-    }
-    verdicts = {
-        name: [judge(p, a[0], finished=a[1]) for p, a in zip(held_out, ans, strict=True)]
-        for name, ans in answers.items()
-    }
-    rule_pass = {name: sum(v.passes for v in vs) / len(held_out) for name, vs in verdicts.items()}
-    rule_score = {name: sum(v.score for v in vs) / len(held_out) for name, vs in verdicts.items()}
-    rule_wins = {
-        name: win_rate(
-            {"a": 1, "b": -1, None: 0}[compare(v, base)]
-            for v, base in zip(verdicts[name], verdicts["sft"], strict=True)
+    validation = instructions(data / "val.jsonl")
+    if len(validation) < args.eval_prompts + args.select_prompts:
+        raise SystemExit(
+            f"{data / 'val.jsonl'} has {len(validation)} instructions the rule checks, fewer than "
+            f"--eval-prompts {args.eval_prompts} + --select-prompts {args.select_prompts}"
         )
-        for name in ("dpo", "ppo")
+    held_out = validation[: args.eval_prompts]
+    selection_prompts = validation[args.eval_prompts : args.eval_prompts + args.select_prompts]
+    selection = (
+        Judged(selection_prompts, policy, judge_model, tokenizer, args.max_new_tokens)
+        if selection_prompts
+        else None
+    )
+    candidates: dict[str, dict[str, Transformer]] = {"dpo": {}, "ppo": {}}
+    for variant in args.dpo_pairs:
+        run = out / f"dpo_{variant}"
+        kept = run_checkpoints(run, sft_run) if args.checkpoints > 1 else {}
+        kept[args.dpo_steps] = load_model(run)
+        candidates["dpo"] |= {f"dpo_{variant}@{step}": model for step, model in sorted(kept.items())}
+    kept = run_checkpoints(out / "ppo", sft_run) if args.checkpoints > 1 else {}
+    kept[args.ppo_steps] = load_model(out / "ppo")
+    candidates["ppo"] = {f"ppo@{step}": model for step, model in sorted(kept.items())}
+    chosen, selection_table = {}, {}
+    for name in ("dpo", "ppo"):
+        chosen[name], selection_table[name] = select(candidates[name], selection)
+    seconds["selection"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    held = Judged(held_out, policy, judge_model, tokenizer, args.max_new_tokens)
+    measured = {
+        candidate: held.measure(model) for group in candidates.values() for candidate, model in group.items()
     }
-    wins = {
-        name: win_rate((s > b) - (s < b) for s, b in zip(scores[name], scores["sft"], strict=True))
-        for name in ("dpo", "ppo")
-    }
-    kl = {name: kl_to(policies[name], policy, tokenizer, held_out, answers[name]) for name in ("dpo", "ppo")}
+    final = {name: measured[chosen[name]][0] for name in ("dpo", "ppo")}
+    sft_rule = held.sft_metrics()
     seconds["evaluation"] = time.perf_counter() - start
 
     summary = {
         "reward_model_accuracy": rm["A"]["val_accuracy_after"],
         "judge_accuracy": rm["B"]["val_accuracy_after"],
-        "dpo_win_rate": round(wins["dpo"], 4),
-        "ppo_win_rate": round(wins["ppo"], 4),
-        "dpo_kl": round(kl["dpo"], 4),
-        "ppo_kl": round(kl["ppo"], 4),
-        "rule_pass_rate_sft": round(rule_pass["sft"], 4),
-        "rule_pass_rate_dpo": round(rule_pass["dpo"], 4),
-        "rule_pass_rate_ppo": round(rule_pass["ppo"], 4),
-        "rule_score_sft": round(rule_score["sft"], 4),
-        "rule_score_dpo": round(rule_score["dpo"], 4),
-        "rule_score_ppo": round(rule_score["ppo"], 4),
-        "rule_win_rate_dpo": round(rule_wins["dpo"], 4),
-        "rule_win_rate_ppo": round(rule_wins["ppo"], 4),
+        "dpo_win_rate": final["dpo"]["win_rate"],
+        "ppo_win_rate": final["ppo"]["win_rate"],
+        "dpo_kl": final["dpo"]["kl"],
+        "ppo_kl": final["ppo"]["kl"],
+        "rule_pass_rate_sft": sft_rule["rule_pass_rate"],
+        "rule_pass_rate_dpo": final["dpo"]["rule_pass_rate"],
+        "rule_pass_rate_ppo": final["ppo"]["rule_pass_rate"],
+        "rule_score_sft": sft_rule["rule_score"],
+        "rule_score_dpo": final["dpo"]["rule_score"],
+        "rule_score_ppo": final["ppo"]["rule_score"],
+        "rule_win_rate_dpo": final["dpo"]["rule_win_rate"],
+        "rule_win_rate_ppo": final["ppo"]["rule_win_rate"],
+        "dpo_policy": chosen["dpo"],
+        "ppo_policy": chosen["ppo"],
     }
+    answers = {"sft": held.sft_answers, **{name: measured[chosen[name]][1] for name in ("dpo", "ppo")}}
     examples = [
         {"prompt": held_out[i][-1]["content"], **{n: answers[n][i][0] for n in answers}} for i in range(3)
     ]
@@ -418,12 +600,19 @@ def main() -> None:
         "pairs": pair_report,
         "reward_models": rm,
         "reward_model_accuracy_by_difference": by_difference,
-        "dpo": dpo_summary,
+        "reward_ranked_pairs": reward_pairs_report,
+        "dpo": dpo_summaries,
         "ppo": ppo_summary,
         "held_out_prompts": len(held_out),
+        "selection_prompts": len(selection_prompts),
+        "selection": selection_table,
+        "held_out_by_candidate": {
+            candidate: {k: v for k, v in metrics.items() if k != "failed_checks"}
+            for candidate, (metrics, _) in measured.items()
+        },
         "held_out_failed_checks": {
-            name: dict(Counter(check for v in vs for check in v.failed).most_common())
-            for name, vs in verdicts.items()
+            "sft": sft_rule["failed_checks"],
+            **{name: final[name]["failed_checks"] for name in ("dpo", "ppo")},
         },
         "examples": examples,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
