@@ -118,6 +118,7 @@ from forge.model.transformer import Transformer
 from forge.runtime import available_cores, set_threads
 from forge.tokenizer.bpe import Tokenizer
 from forge.tokenizer.chat import render
+from forge.train.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "align.json"
@@ -291,8 +292,7 @@ def run_checkpoints(run_dir: Path, base: Path) -> dict[int, Transformer]:
     """Every checkpoint a run kept, by step."""
     return {
         int(path.name.removeprefix("step-")): checkpoint_policy(path, base)
-        for path in sorted((run_dir / "checkpoints").glob("step-*"))
-        if not path.name.endswith(".tmp")
+        for path in list_checkpoints(run_dir)
     }
 
 
@@ -480,21 +480,19 @@ def main() -> None:
         )
         for name in ("A", "B")
     }
-    by_difference = accuracy_by_difference(load_reward_model(out / "rm_A"), tokenizer, halves["B"])
+    rm_a, judge_model = load_reward_model(out / "rm_A"), load_reward_model(out / "rm_B")
+    by_difference = accuracy_by_difference(rm_a, tokenizer, halves["B"])
     print(f"reward model accuracy by what separates the pair: {json.dumps(by_difference)}", flush=True)
     seconds["reward_models"] = time.perf_counter() - start
-    judge_model = load_reward_model(out / "rm_B")
-    checkpoint_every = {
-        "dpo": args.dpo_steps // args.checkpoints if args.checkpoints > 1 else 0,
-        "ppo": args.ppo_steps // args.checkpoints if args.checkpoints > 1 else 0,
+    checkpoint_every = {  # 0: no checkpoints, the final weights are the only candidate
+        name: steps // args.checkpoints if args.checkpoints > 1 else 0
+        for name, steps in (("dpo", args.dpo_steps), ("ppo", args.ppo_steps))
     }
     start = time.perf_counter()
     dpo_data, dpo_summaries, reward_pairs_report = {"rule": halves["A_train"]}, {}, None
     if "reward" in args.dpo_pairs:
         dpo_data["reward"] = out / "A_reward.jsonl"
-        reward_pairs_report = reward_ranked_pairs(
-            load_reward_model(out / "rm_A"), tokenizer, pairs, "A", dpo_data["reward"]
-        )
+        reward_pairs_report = reward_ranked_pairs(rm_a, tokenizer, pairs, "A", dpo_data["reward"])
         print(f"reward-ranked pairs: {json.dumps(reward_pairs_report)}", flush=True)
     for variant in args.dpo_pairs:
         dpo_summaries[variant] = dpo(
