@@ -248,23 +248,33 @@ def win_rate(outcomes: Iterable[int]) -> float:
 
 
 def reward_ranked_pairs(
-    model: RewardModel, tokenizer: Tokenizer, pairs: list[SampledPair], half: str, path: Path
+    model: RewardModel,
+    tokenizer: Tokenizer,
+    pairs: list[SampledPair],
+    half: str,
+    path: Path,
+    unfinished_penalty: float = 0.0,
 ) -> dict[str, int]:
     """Preference pairs ranked by a reward model instead of the rule: the distinct answers sampled for each
-    prompt of `half`, scored by `model`, the best against the worst (the reward-ranked pairs of Dong et al.
-    2024, "RLHF Workflow", and Llama 3's preference data), written to `path`. Returns counts."""
-    by_prompt: dict[str, tuple[Any, list[str]]] = {}
+    prompt of `half`, scored by `model` less `unfinished_penalty` for an answer cut at the token limit, the
+    best against the worst (the reward-ranked pairs of Dong et al. 2024, "RLHF Workflow", and Llama 3's
+    preference data), written to `path`. Returns counts."""
+    by_prompt: dict[str, tuple[Any, dict[str, bool]]] = {}
     for sampled in pairs:
         p = sampled.pair
         if _half(p.prompt) != half:
             continue
-        _, answers = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, []))
-        answers += [a for a in dict.fromkeys((p.answer_a, p.answer_b)) if a not in answers]
+        _, answers = by_prompt.setdefault(prompt_key(p.prompt), (p.prompt, {}))
+        answers.setdefault(p.answer_a, sampled.finished_a)
+        answers.setdefault(p.answer_b, sampled.finished_b)
     items = [(prompt, a) for prompt, answers in by_prompt.values() for a in answers]
     scores = iter(score_answers(model, tokenizer, items))
     lines, ties = [], 0
     for prompt, answers in by_prompt.values():
-        ranked = sorted(zip([next(scores) for _ in answers], answers, strict=True), key=lambda x: -x[0])
+        ranked = sorted(
+            ((next(scores) - (0.0 if ended else unfinished_penalty), a) for a, ended in answers.items()),
+            key=lambda x: -x[0],
+        )
         (best, chosen), (worst, rejected) = ranked[0], ranked[-1]
         if best > worst:
             lines.append(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}))
