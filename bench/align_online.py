@@ -15,10 +15,11 @@ from Human Feedback", and Dong et al. 2024, "RLHF Workflow") sample new answers 
 
 The judge (RM-B, never optimised against) then picks a round on the `--select-prompts` validation
 instructions after the `--eval-prompts` ones, and every round is measured on the held-out ones, as
-`bench/align.py` does. Results go to bench/results/align_online.json.
+`bench/align.py` does. Results go to bench/results/align_online.json, which was made after the command
+behind bench/align.json (see bench/align.py) with
 
-    python bench/align.py ...  # first: RM-A, RM-B and prompts_A.jsonl in --out
-    python bench/align_online.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align --rounds 3
+    python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
+        --out demo_out/bench_align --rounds 5 --steps-per-round 160
 """
 
 import argparse
