@@ -113,6 +113,7 @@ from forge.align.rule import compare, judge, task_of
 from forge.align.sample_pairs import PairConfig, SampledPair, sample_pairs, synthesize
 from forge.infer.batch import generate_batch
 from forge.infer.sampling import SamplingConfig
+from forge.io import write_text
 from forge.model.io import load_config, load_model
 from forge.model.transformer import Transformer
 from forge.runtime import available_cores, set_threads
@@ -220,6 +221,18 @@ def kl_to(
 def instructions(path: Path) -> list:
     """The prompts of a synth-sft split that the rule has a check for (write or explain a function)."""
     return [p for p in read_prompts(path) if task_of(p)[0] != "other"]
+
+
+def validation_split(data: Path, eval_prompts: int, select_prompts: int) -> tuple[list, list]:
+    """The held-out instructions of the synth-sft validation set (the first `eval_prompts`) and the
+    selection ones after them (`select_prompts`)."""
+    validation = instructions(data / "val.jsonl")
+    if len(validation) < eval_prompts + select_prompts:
+        raise SystemExit(
+            f"{data / 'val.jsonl'} has {len(validation)} instructions the rule checks, fewer than "
+            f"--eval-prompts {eval_prompts} + --select-prompts {select_prompts}"
+        )
+    return validation[:eval_prompts], validation[eval_prompts : eval_prompts + select_prompts]
 
 
 def accuracy_by_difference(model: RewardModel, tokenizer: Tokenizer, pairs_path: Path) -> dict[str, dict]:
@@ -544,14 +557,7 @@ def main() -> None:
     seconds["ppo"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    validation = instructions(data / "val.jsonl")
-    if len(validation) < args.eval_prompts + args.select_prompts:
-        raise SystemExit(
-            f"{data / 'val.jsonl'} has {len(validation)} instructions the rule checks, fewer than "
-            f"--eval-prompts {args.eval_prompts} + --select-prompts {args.select_prompts}"
-        )
-    held_out = validation[: args.eval_prompts]
-    selection_prompts = validation[args.eval_prompts : args.eval_prompts + args.select_prompts]
+    held_out, selection_prompts = validation_split(data, args.eval_prompts, args.select_prompts)
     selection = (
         Judged(selection_prompts, policy, judge_model, tokenizer, args.max_new_tokens)
         if selection_prompts
@@ -626,8 +632,7 @@ def main() -> None:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "threads": threads,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_text(RESULTS, json.dumps(payload, indent=2, default=str) + "\n")
     print(json.dumps(summary, indent=2))
 
 

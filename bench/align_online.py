@@ -27,7 +27,7 @@ import json
 import time
 from pathlib import Path
 
-from align import Judged, instructions, reward_ranked_pairs, select
+from align import Judged, reward_ranked_pairs, select, validation_split
 from forge.align.dpo import DpoConfig, dpo
 from forge.align.formats import read_prompts
 from forge.align.reward import load_reward_model
@@ -65,12 +65,7 @@ def main() -> None:
     needed = [out / "rm_A", out / "rm_B", out / "prompts_A.jsonl", out / "B.jsonl"]
     if missing := [str(p) for p in needed if not p.exists()]:
         raise SystemExit(f"{', '.join(missing)} not found: run bench/align.py --out {out} first")
-    validation = instructions(data / "val.jsonl")
-    if len(validation) < args.eval_prompts + args.select_prompts:
-        raise SystemExit(
-            f"{data / 'val.jsonl'} has {len(validation)} instructions the rule checks, fewer than "
-            f"--eval-prompts {args.eval_prompts} + --select-prompts {args.select_prompts}"
-        )
+    held_out, selection_prompts = validation_split(data, args.eval_prompts, args.select_prompts)
     threads = set_threads(available_cores())
     tokenizer = Tokenizer.load(sft_run / "tokenizer")
     prompts = read_prompts(out / "prompts_A.jsonl")
@@ -91,7 +86,7 @@ def main() -> None:
         seconds["sampling"] += time.perf_counter() - start
         print(f"round {r}: {json.dumps(counts | {'skipped': dict(skipped)})}", flush=True)
         start = time.perf_counter()
-        summary = dpo(
+        dpo_summary = dpo(
             DpoConfig(
                 policy=str(current),
                 reference=str(sft_run),
@@ -107,13 +102,11 @@ def main() -> None:
             )
         )
         seconds["dpo"] += time.perf_counter() - start
-        rounds.append({"round": r, "pairs": counts, "dpo": summary})
+        rounds.append({"round": r, "pairs": counts, "dpo": dpo_summary})
         current = online / f"round{r}"
 
     start = time.perf_counter()
     sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
-    held_out = validation[: args.eval_prompts]
-    selection_prompts = validation[args.eval_prompts : args.eval_prompts + args.select_prompts]
     candidates = {f"online_dpo@round{r}": load_model(online / f"round{r}") for r in range(1, args.rounds + 1)}
     selection = Judged(selection_prompts, sft, judge_model, tokenizer, args.max_new_tokens)
     chosen, selection_table = select(candidates, selection)
