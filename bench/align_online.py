@@ -47,6 +47,7 @@ import argparse
 import json
 import time
 from collections import Counter
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ COMMON = {"progress": False, "eval_every": 0, "checkpoint_every": 0}
 
 
 class Rounds:
-    """What every round needs: the settings, the SFT run and its tokenizer, the half-A prompts."""
+    """What every round needs: the settings, the SFT run and its tokenizer, the half-A prompts, RM-A."""
 
     def __init__(self, args: argparse.Namespace, threads: int) -> None:
         self.args, self.threads = args, threads
@@ -77,6 +78,12 @@ class Rounds:
         self.prompts = read_prompts(self.out / "prompts_A.jsonl")
         self.dir = self.out / ("online" if args.method == "dpo" else "online_ppo")
         self.dir.mkdir(exist_ok=True)
+        self.rm_a_config = json.loads((self.out / "rm_A" / "config.json").read_text())["train"]
+
+    @cached_property
+    def rm_a(self) -> RewardModel:
+        """The reward model that ranks online DPO's answers (loaded once, on first use)."""
+        return load_reward_model(self.out / "rm_A")
 
     def sample(self, policy: Path, r: int) -> tuple[list, Counter[str]]:
         """The policy's answers to each half-A instruction: `--pairs-per-prompt` pairs, seeds from 1000·r."""
@@ -87,13 +94,18 @@ class Rounds:
         )
         return sample_pairs(load_model(policy), self.tokenizer, self.prompts, config, progress=False)
 
-    def dpo_round(self, r: int, policy: Path, rm_a: RewardModel) -> dict[str, Any]:
+    def dpo_round(self, r: int, policy: Path) -> dict[str, Any]:
         """RM-A ranks the policy's answers; DPO on the best against the worst of each instruction."""
         start = time.perf_counter()
         sampled, skipped = self.sample(policy, r)
         pairs_path = self.dir / f"round{r}.jsonl"
         counts = reward_ranked_pairs(
-            rm_a, self.tokenizer, sampled, "A", pairs_path, unfinished_penalty=self.args.unfinished_penalty
+            self.rm_a,
+            self.tokenizer,
+            sampled,
+            "A",
+            pairs_path,
+            unfinished_penalty=self.args.unfinished_penalty,
         )
         print(f"round {r}: {json.dumps(counts | {'skipped': dict(skipped)})}", flush=True)
         seconds = {"sampling": time.perf_counter() - start}
@@ -125,7 +137,6 @@ class Rounds:
             sources = [self.out / "A_train.jsonl"] + [self.dir / f"labels{k}.jsonl" for k in range(2, r + 1)]
             write_text(train, "".join(path.read_text() for path in sources))
             reward_run = self.dir / f"rm{r}"
-            rm_a_config = json.loads((self.out / "rm_A" / "config.json").read_text())["train"]
             start = time.perf_counter()
             record["reward_model"] = train_reward_model(
                 RewardConfig(
@@ -133,8 +144,8 @@ class Rounds:
                     data=str(train),
                     val_data=str(self.out / "B.jsonl"),
                     out=str(reward_run),
-                    max_steps=rm_a_config["max_steps"],
-                    likelihood=rm_a_config["likelihood"],
+                    max_steps=self.rm_a_config["max_steps"],
+                    likelihood=self.rm_a_config["likelihood"],
                     threads=self.threads,
                     **COMMON,
                 )
@@ -189,7 +200,7 @@ def main() -> None:
     held_out, selection_prompts = validation_split(data, args.eval_prompts, args.select_prompts)
     threads = set_threads(available_cores())
     work = Rounds(args, threads)
-    rm_a = load_reward_model(out / "rm_A") if method == "dpo" else None
+    run_round = work.dpo_round if method == "dpo" else work.ppo_round
     own = ("dpo_lr", "unfinished_penalty") if method == "dpo" else ("ppo_lr", "rollout_batch", "kl_coef")
     settings = {"sft": str(sft_run.resolve()), "steps_per_round": args.steps_per_round,
                 "pairs_per_prompt": args.pairs_per_prompt, **{k: getattr(args, k) for k in own},
@@ -207,7 +218,7 @@ def main() -> None:
                 )
             reused.append(r)
         else:
-            record = work.ppo_round(r, current) if rm_a is None else work.dpo_round(r, current, rm_a)
+            record = run_round(r, current)
             for part, spent in record["seconds"].items():
                 seconds[part] = seconds.get(part, 0.0) + spent
             write_text(record_path, json.dumps(record | {"settings": settings}, indent=2, default=str) + "\n")
