@@ -22,8 +22,9 @@ the SFT policy's, and a long run finds answers RM-A overrates. Online rounds kee
   2. from round 2 the current policy answers the half-A instructions as in DPO's step 1, and the rule
      labels every two distinct answers of an instruction, standing in for the people who would label
      the newest policy's answers in the web page (`forge label`). A reward model trained as RM-A was
-     (same base, steps and settings) on A's pairs and every round's labels so far replaces RM-A, and
-     PPO goes on from the current policy against it. The judge's half B gets no new labels.
+     (same base and settings, and as many passes over its pairs: steps in proportion to the pairs) on
+     A's pairs and every round's labels so far replaces RM-A, and PPO goes on from the current policy
+     against it. The judge's half B gets no new labels.
 
 The judge (RM-B, never optimised against) then picks a round on the `--select-prompts` validation
 instructions after the `--eval-prompts` ones, and every round is measured on the held-out ones, as
@@ -36,11 +37,13 @@ which were made after the command behind bench/align.json (see bench/align.py) w
     python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
         --out demo_out/bench_align --rounds R --steps-per-round 160
     python bench/align_online.py --method ppo --sft demo_out/runs/long_sft_long --data demo_out/sft \
-        --out demo_out/bench_align --rounds 4 --steps-per-round 384
+        --out demo_out/bench_align --rounds 2 --steps-per-round 384
 
-DPO ran with R = 5, then 8, then 10, each adding rounds to the last. The PPO command was stopped in
-round 3, round 2 having failed (README), and the same command with `--rounds 2` then judged the two
-finished rounds.
+DPO ran with R = 5, then 8, then 10, each adding rounds to the last. bench/results/
+align_online_ppo_rm320.json came from an earlier version of the PPO method whose round reward models
+trained for RM-A's 320 steps whatever their pairs (a fifth of RM-A's passes over its pairs at round 2):
+run with `--rounds 4`, it was stopped in round 3, round 2 having failed (README), and `--rounds 2` then
+judged the two finished rounds.
 """
 
 import argparse
@@ -53,7 +56,7 @@ from typing import Any
 
 from align import Judged, reward_ranked_pairs, select, validation_split
 from forge.align.dpo import DpoConfig, dpo
-from forge.align.formats import read_prompts
+from forge.align.formats import read_preferences, read_prompts
 from forge.align.ppo import PpoConfig, ppo
 from forge.align.reward import RewardConfig, RewardModel, load_reward_model, train_reward_model
 from forge.align.sample_pairs import PairConfig, sample_pairs, synthesize
@@ -137,6 +140,8 @@ class Rounds:
             sources = [self.out / "A_train.jsonl"] + [self.dir / f"labels{k}.jsonl" for k in range(2, r + 1)]
             write_text(train, "".join(path.read_text() for path in sources))
             reward_run = self.dir / f"rm{r}"
+            passes = self.rm_a_config["max_steps"] / len(read_preferences(self.out / "A_train.jsonl"))
+            steps = round(passes * len(read_preferences(train)))  # as many passes over its pairs as RM-A's
             start = time.perf_counter()
             record["reward_model"] = train_reward_model(
                 RewardConfig(
@@ -144,7 +149,7 @@ class Rounds:
                     data=str(train),
                     val_data=str(self.out / "B.jsonl"),
                     out=str(reward_run),
-                    max_steps=self.rm_a_config["max_steps"],
+                    max_steps=steps,
                     likelihood=self.rm_a_config["likelihood"],
                     threads=self.threads,
                     **COMMON,
@@ -205,6 +210,8 @@ def main() -> None:
     settings = {"sft": str(sft_run.resolve()), "steps_per_round": args.steps_per_round,
                 "pairs_per_prompt": args.pairs_per_prompt, **{k: getattr(args, k) for k in own},
                 "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    if method == "ppo":  # the recipe of each round's reward model (earlier records used RM-A's steps)
+        settings["reward_model_steps"] = "RM-A's passes over its pairs"
     current, rounds, reused = sft_run, [], []
     seconds: dict[str, float] = {}
     for r in range(1, args.rounds + 1):

@@ -14,6 +14,7 @@ from forge.align.losses import (
     entropy_from_logits,
     gae,
     kl_penalty,
+    leave_one_out,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -198,6 +199,23 @@ def test_kl_penalty_k3_nonnegative_and_zero_when_equal() -> None:
     assert (kl_penalty(logprobs, logprobs, "k1") == 0).all()
     with pytest.raises(ValueError, match="k1.*k3"):
         kl_penalty(logprobs, ref_logprobs, "k2")
+
+
+# ----------------------------------------------------------------------------- leave-one-out baseline
+
+
+def test_leave_one_out_by_hand() -> None:
+    # two prompts, three answers each: 1 − (2 + 6)/2 = −3, 2 − (1 + 6)/2 = −1.5, 6 − (1 + 2)/2 = 4.5;
+    # a shift shared by a group (the second is the first + 10) cancels
+    scores = _t([1.0, 2.0, 6.0, 11.0, 12.0, 16.0])
+    torch.testing.assert_close(leave_one_out(scores, 3), _t([-3.0, -1.5, 4.5, -3.0, -1.5, 4.5]))
+    torch.testing.assert_close(leave_one_out(_t([0.0, -4.0]), 2), _t([4.0, -4.0]))
+
+
+@pytest.mark.parametrize(("shape", "group"), [((6,), 4), ((6,), 1), ((2, 3), 3)])
+def test_leave_one_out_rejects_partial_groups(shape: tuple[int, ...], group: int) -> None:
+    with pytest.raises(ValueError, match="groups of"):
+        leave_one_out(torch.zeros(shape), group)
 
 
 # ----------------------------------------------------------------------------- GAE

@@ -187,6 +187,37 @@ def test_answers_that_never_end_pay_the_penalty(policy_run: Path, tokenizer: Tok
     assert result.stats["answer_length"] == 3  # the limit
 
 
+def test_answers_to_one_prompt_are_paid_against_each_other(policy_run: Path, tokenizer: Tokenizer) -> None:
+    config = _config(policy_run, "unused", samples_per_prompt=4, lam=1.0)
+    model = PolicyWithValue.from_policy(load_model(policy_run))
+    prompts = [
+        render(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0]
+        for q in QUESTIONS[:2]
+    ]
+    rows = [p for p in prompts for _ in range(4)]  # as `ppo` lays out a rollout
+    result = rollout(
+        model, load_model(policy_run), FavouredTokens(), rows, config, kl_coef=0.0, iteration=0,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    answers = {tuple(result.ids[i, int(result.prompt_lengths[i]) :].tolist()) for i in range(8)}
+    assert len(answers) == 8  # one seed per row: four different answers to each prompt
+    first = result.mask.int().argmax(1)  # each row's first answer token
+    paid = result.returns[torch.arange(8), first]
+    scores = result.scores.view(2, 4).tolist()
+    expected = [
+        s - (sum(group) - s) / 3 for group in scores for s in group
+    ]  # by hand: minus the others' mean
+    torch.testing.assert_close(
+        paid, torch.tensor(expected)
+    )  # with λ = 1 and no KL, the return is what is paid
+    assert result.stats["reward"] == pytest.approx(0.0, abs=1e-5)  # each group's payments sum to zero
+    summary = ppo(_config(policy_run, "grouped", max_steps=32, rollout_batch=2, samples_per_prompt=4,
+                          kl_coef=0.1), reward_model=FavouredTokens())  # fmt: skip
+    assert summary["score_after"] > summary["score_before"] + 0.75, summary  # 3.25 → 4.875
+    report = (policy_run.parent / "grouped" / "report.md").read_text()
+    assert summary["samples_per_prompt"] == 4 and "the prompt's other answers' mean" in report
+
+
 def test_answer_ids_keep_the_ending_token() -> None:
     end_of_turn, end_of_text = SPECIAL_TOKENS.index("<|end|>"), SPECIAL_TOKENS.index("<|endoftext|>")
 
@@ -238,22 +269,24 @@ def test_cli_help(capsys: pytest.CaptureFixture) -> None:
     )
 
 
-@pytest.mark.parametrize("likelihood", [False, True])
+@pytest.mark.parametrize(("likelihood", "members"), [(False, 1), (True, 1), (True, 2)])
 def test_cli_trains_against_a_saved_reward_model(
-    policy_run: Path, tokenizer: Tokenizer, likelihood: bool
+    policy_run: Path, tokenizer: Tokenizer, likelihood: bool, members: int
 ) -> None:
     from forge.align.reward import RewardModel, save_reward_model
     from forge.cli.ppo import register
 
-    reward_run = policy_run.parent / f"reward-{likelihood}"
-    model = RewardModel(Transformer(CONFIG), likelihood=likelihood)
-    save_reward_model(model, reward_run, extra_config={"reward": {"likelihood": likelihood}})
-    tokenizer.save(reward_run / "tokenizer")
+    reward_runs = [policy_run.parent / f"reward-{likelihood}-{i}" for i in range(members)]
+    for reward_run in reward_runs:  # several: an ensemble
+        model = RewardModel(Transformer(CONFIG), likelihood=likelihood)
+        save_reward_model(model, reward_run, extra_config={"reward": {"likelihood": likelihood}})
+        tokenizer.save(reward_run / "tokenizer")
+    reward = ",".join(str(run) for run in reward_runs)
     parser = argparse.ArgumentParser(prog="forge")
     register(parser.add_subparsers())
-    out = policy_run.parent / f"cli-{likelihood}"
+    out = policy_run.parent / f"cli-{likelihood}-{members}"
     prompts = str(policy_run.parent / "prompts.jsonl")
-    flags = {"--reward": str(reward_run), "--prompts": prompts, "--out": str(out), "--max-steps": "2",
+    flags = {"--reward": reward, "--prompts": prompts, "--out": str(out), "--max-steps": "2",
              "--rollout-batch": "4", "--batch-size": "2", "--ppo-epochs": "1", "--max-new-tokens": "4",
              "--device": "cpu", "--threads": "1"}  # fmt: skip
     args = parser.parse_args(
@@ -261,7 +294,7 @@ def test_cli_trains_against_a_saved_reward_model(
     )
     args.handler(args)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["reward"] == str(reward_run.resolve())
+    assert summary["steps"] == 2 and summary["reward"] == ",".join(str(run.resolve()) for run in reward_runs)
     assert load_model(out).config == CONFIG
 
 

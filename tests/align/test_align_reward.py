@@ -13,9 +13,12 @@ from tiny_prefs import CONFIG, preference_pairs
 from forge.align.pairs import encode_pairs, split_pairs
 from forge.align.reward import (
     RewardConfig,
+    RewardEnsemble,
     RewardModel,
     ScoreConfig,
     load_reward_model,
+    load_reward_models,
+    save_reward_model,
     score_answers,
     score_file,
     train_reward_model,
@@ -124,6 +127,30 @@ def test_the_reward_model_learns_separable_preferences(trained: tuple[Path, dict
     final = load_reward_model(out)
     for (name, before), (_, after) in zip(initial.named_parameters(), final.named_parameters(), strict=True):
         assert not torch.equal(before, after), f"{name} did not train"
+
+
+def test_an_ensemble_pays_the_mean_of_its_members(tmp_path: Path) -> None:
+    members = [_gated(likelihood=True)]
+    torch.manual_seed(1)
+    members.append(RewardModel(Transformer(CONFIG), likelihood=True).eval())
+    ids, lengths, prompt_lengths = (
+        torch.tensor([[5, 6, 7, 8, 0], [5, 9, 9, 8, 7]]),
+        torch.tensor([4, 5]),
+        torch.tensor([2, 1]),
+    )
+    with torch.no_grad():
+        (a, terms_a), (b, terms_b) = (
+            m.rewards_and_token_terms(ids, lengths, prompt_lengths) for m in members
+        )
+        rewards, terms = RewardEnsemble(members).rewards_and_token_terms(ids, lengths, prompt_lengths)
+        assert not torch.allclose(a, b)  # two different models
+        torch.testing.assert_close(rewards, (a + b) / 2)
+        torch.testing.assert_close(terms, (terms_a + terms_b) / 2)
+        runs = [tmp_path / "a", tmp_path / "b"]
+        for model, run in zip(members, runs, strict=True):
+            save_reward_model(model, run, extra_config={"reward": {"likelihood": True}})
+        assert isinstance(load_reward_models(runs[:1]), RewardModel)
+        torch.testing.assert_close(load_reward_models(runs)(ids, lengths, prompt_lengths), rewards)
 
 
 def test_a_saved_reward_model_scores_as_before_saving(

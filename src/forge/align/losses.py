@@ -173,6 +173,24 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
 
 
 @torch.no_grad()
+def leave_one_out(scores: Tensor, group: int) -> Tensor:
+    """Each score minus the mean of the other scores of its group: the leave-one-out baseline of Kool et
+    al. 2019 ("Buy 4 REINFORCE Samples, Get a Baseline for Free!", eq. 9), as RLOO uses it (Ahmadian et
+    al. 2024, "Back to Basics", eq. 6).
+
+    scores (N,) holds `group` consecutive answers to each prompt. The baseline of answer i depends only on
+    the other answers, sampled independently of i, so a policy gradient weighted by the result stays
+    unbiased; what every answer to a prompt shares (how easy the prompt is) cancels. Returns (N,) float32.
+    """
+    if group < 2 or scores.dim() != 1 or len(scores) % group:
+        raise ValueError(f"expected (N,) scores in whole groups of at least 2, got {tuple(scores.shape)} "
+                         f"in groups of {group}")  # fmt: skip
+    grouped = scores.float().view(-1, group)
+    others = (grouped.sum(1, keepdim=True) - grouped) / (group - 1)
+    return (grouped - others).view(-1)
+
+
+@torch.no_grad()
 def gae(
     rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Tensor, Tensor]:

@@ -27,10 +27,14 @@ Design choices:
 - an answer ends with end-of-turn or end-of-text, and that token is part of it, so stopping is credited;
   one that reaches `max_new_tokens` without ending gets `no_eos_penalty` added to its score;
 - per-token reward: −β · KL_t (k1 or k3) on every answer token plus the score on the last (Ziegler et al.
-  2019, eq. 2); advantages by GAE over the answer tokens, whitened per rollout. A reward model with a
-  likelihood term (`forge reward train --likelihood`) has its per-token terms credited on their tokens
-  and only the rest on the last: paid all at the end, a sum over the answer's tokens made stopping look
-  costly next to the value head's guess, and answers grew longer as the score fell;
+  2019, eq. 2); with `samples_per_prompt` k > 1 each prompt is answered k times in the rollout and every
+  score is paid minus the mean of its prompt's k − 1 other scores (`leave_one_out`, as in RLOO, Ahmadian
+  et al. 2024): how easy the prompt is cancels, which otherwise only the value head (a linear layer on
+  the policy's last hidden states) can take out, and the policy is pushed along what tells one answer
+  to a prompt from another; advantages by GAE over the answer tokens, whitened per rollout. A reward
+  model with a likelihood term (`forge reward train --likelihood`) has its per-token terms credited on
+  their tokens and only the rest on the last: paid all at the end, a sum over the answer's tokens made
+  stopping look costly next to the value head's guess, and answers grew longer as the score fell;
 - logs: the PPO loss in `metrics.jsonl` (the loop's); one record per rollout in `rollouts.jsonl` (mean
   score, reward, KL, entropy, answer length, fraction ended, β, clip fractions, value loss, two answers).
   The summary's "before" is the first rollout, "after" one more rollout of the trained policy;
@@ -58,6 +62,7 @@ from forge.align.losses import (
     entropy_from_logits,
     gae,
     kl_penalty,
+    leave_one_out,
     masked_mean,
     ppo_policy_loss,
     ppo_value_loss,
@@ -65,7 +70,7 @@ from forge.align.losses import (
     whiten,
 )
 from forge.align.ppo_report import before_and_after, plot_ppo, ppo_report
-from forge.align.reward import RewardModel, load_reward_model
+from forge.align.reward import RewardEnsemble, RewardModel, load_reward_models
 from forge.align.value_head import PolicyWithValue
 from forge.config import to_dict
 from forge.errors import ConfigError, DataError
@@ -91,7 +96,8 @@ class PpoConfig(TrainConfig):
     policy: str = ""
     """run directory of the policy to train (written by `forge sft`)"""
     reward: str = ""
-    """run directory of the reward model that scores the answers (written by `forge reward`)"""
+    """run directory of the reward model that scores the answers (written by `forge reward`), or several
+    separated by commas, whose mean score is paid (an ensemble)"""
     reference: str = ""
     """run directory of the frozen reference model of the KL penalty (empty: the policy's run)"""
     prompts: str = ""
@@ -102,6 +108,9 @@ class PpoConfig(TrainConfig):
     """continue the run in --out from its newest valid checkpoint (with a fresh rollout)"""
     rollout_batch: int = 32
     """prompts answered per rollout"""
+    samples_per_prompt: int = 1
+    """answers sampled per prompt of a rollout; above 1, each answer's score is paid relative to the mean
+    of its prompt's other answers (the leave-one-out baseline of RLOO)"""
     batch_size: int = 8
     """answers per PPO minibatch: one loop step (optimizer step with --grad-accum 1) each"""
     ppo_epochs: int = 2
@@ -141,7 +150,8 @@ class PpoConfig(TrainConfig):
     adapter: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter shape, with --lora"""
     max_steps: int = 64
-    """PPO minibatch updates to run (ppo_epochs · rollout_batch / batch_size per rollout)"""
+    """PPO minibatch updates to run (ppo_epochs · rollout_batch · samples_per_prompt / batch_size per
+    rollout)"""
     lr: float = 1e-5
     """learning rate (constant after warm-up unless --min-lr-ratio < 1)"""
     min_lr_ratio: float = 1.0
@@ -153,13 +163,22 @@ class PpoConfig(TrainConfig):
     log_every: int = 8
     """log the PPO loss every N steps"""
 
+    @property
+    def reward_runs(self) -> list[str]:
+        """The run directories of --reward (several: an ensemble)."""
+        return [run.strip() for run in self.reward.split(",") if run.strip()]
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.policy or not self.prompts:
             raise ConfigError("give the policy and prompts: forge ppo POLICY_RUN --reward RUN --prompts FILE")
         beta_ok = self.kl_coef > 0 or (self.kl_coef == 0 and not self.adaptive_kl)
         checks = {  # flag: (valid, what it must be)
-            "rollout_batch": (self.rollout_batch >= self.batch_size, "at least --batch-size"),
+            "rollout_batch": (
+                self.rollout_batch * self.samples_per_prompt >= self.batch_size,
+                "at least --batch-size / --samples-per-prompt",
+            ),
+            "samples_per_prompt": (self.samples_per_prompt >= 1, "at least 1"),
             "ppo_epochs": (self.ppo_epochs >= 1, "at least 1"),
             "max_new_tokens": (self.max_new_tokens >= 1, "at least 1"),
             "temperature": (0 < self.temperature <= 2, "in (0, 2]"),
@@ -291,7 +310,8 @@ def rollout(
     model: PolicyWithValue, reference: Transformer, reward_model: nn.Module, prompts: Sequence[list[int]],
     config: PpoConfig, *, kl_coef: float, iteration: int, tokenizer: Tokenizer,
 ) -> Rollout:  # fmt: skip
-    """Sample one answer per prompt, score it, and compute old log-probs, values, rewards and advantages."""
+    """Sample one answer per row of `prompts` (k consecutive copies of a prompt with `samples_per_prompt` k),
+    score them, and compute old log-probs, values, rewards and advantages."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -312,7 +332,7 @@ def rollout(
         with autocast(device, config.autocast_dtype):
             logits, values = model.forward_with_values(inputs[chunk])
             ref_logits = reference(inputs[chunk]).float() / config.temperature
-            if isinstance(reward_model, RewardModel):  # its likelihood terms are credited token by token
+            if isinstance(reward_model, RewardModel | RewardEnsemble):  # likelihood terms: token by token
                 scores, earned = reward_model.rewards_and_token_terms(
                     ids[chunk], lengths[chunk], prompt_lengths[chunk]
                 )
@@ -333,6 +353,8 @@ def rollout(
     ended = torch.tensor([e for _, e in answers], device=device)
     kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0)  # (N, T)
     paid = scores + config.no_eos_penalty * (~ended).float()
+    if config.samples_per_prompt > 1:  # rows come in groups of one prompt's answers
+        paid = leave_one_out(paid, config.samples_per_prompt)
     rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef, earned=earned)
     advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
@@ -460,10 +482,11 @@ def _load_models(
     if reference.config.vocab_size != model.config.vocab_size:
         raise ConfigError(f"--reference {reference_run}: its vocabulary differs from the policy's")
     if reward_model is None:
-        if not config.reward:
+        if not config.reward_runs:
             raise ConfigError("give the reward model: --reward REWARD_RUN (written by `forge reward`)")
-        _check_tokenizer(config.policy, config.reward, "--reward")
-        reward_model = load_reward_model(config.reward, device=device)
+        for run in config.reward_runs:
+            _check_tokenizer(config.policy, run, "--reward")
+        reward_model = load_reward_models(config.reward_runs, device=device)
     reward_model = reward_model.to(device).eval().requires_grad_(False)
     return model, reference.eval().requires_grad_(False), reward_model
 
@@ -503,15 +526,19 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
 
     def collect(iteration: int, kl_coef: float) -> Rollout:
         chosen = prompt_indices(len(prompts), config.rollout_batch, iteration, config.seed)
-        return rollout(model, reference, reward_model, [prompts[i] for i in chosen], config,
+        rows = [prompts[i] for i in chosen for _ in range(config.samples_per_prompt)]
+        return rollout(model, reference, reward_model, rows, config,
                        kl_coef=kl_coef, iteration=iteration, tokenizer=tokenizer)  # fmt: skip
 
     log = MetricsLog(run_dir / "rollouts.jsonl", truncate_after_step=state.step)
     buffer = RolloutBuffer(collect, controller, log, config, decode=tokenizer.decode, iteration=iteration,
                            served=state.step * config.grad_accum)  # fmt: skip
+    k = config.samples_per_prompt
+    grouped = f" ({config.rollout_batch} prompts × {k})" * (k > 1)
     print(f"ppo: {len(prompts):,} prompts ({too_long:,} too long for the context left out), "
-          f"{config.rollout_batch} answers per rollout, {config.ppo_epochs} passes in minibatches of "
-          f"{config.batch_size}, β {controller.value:g}" + " (adaptive)" * config.adaptive_kl)  # fmt: skip
+          f"{config.rollout_batch * k} answers per rollout{grouped}, {config.ppo_epochs} passes in "
+          f"minibatches of {config.batch_size}, β {controller.value:g}"
+          + " (adaptive)" * config.adaptive_kl)  # fmt: skip
     try:
         state = train(model, optimizer, config, run_dir=run_dir, next_batch=buffer.next_batch, state=state,
                       data_state=buffer.state_dict, device=device, loss_fn=buffer.loss)  # fmt: skip
@@ -576,12 +603,14 @@ def _summary(
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "policy": str(Path(config.policy).resolve()),
-        "reward": str(Path(config.reward).resolve()) if config.reward else "a module passed to ppo()",
+        "reward": ",".join(str(Path(run).resolve()) for run in config.reward_runs)
+        or "a module passed to ppo()",
         "reference": str(Path(config.reference or config.policy).resolve()),
         "steps": state.step,
         "rollouts": len(records),
         "prompts": prompts[0],
         "prompts_too_long": prompts[1],
+        "samples_per_prompt": config.samples_per_prompt,
         "lora": config.lora,
         "trainable_fraction": round(fraction, 5),
         **before_and_after(records, after),

@@ -56,6 +56,8 @@ def ppo_report(run_dir: Path, s: dict[str, Any]) -> str:
     names = {"score": "reward model score", "reward": "score + no-end penalty − β·KL", "kl": "KL to the "
              "reference (nats/answer)", "entropy": "entropy (nats/token)", "answer_length": "answer length "
              "(tokens)", "ended_fraction": "answers that ended"}  # fmt: skip
+    if s.get("samples_per_prompt", 1) > 1:  # paid against the other answers to its prompt
+        names["reward"] = "score + no-end penalty − the prompt's other answers' mean − β·KL"
     lines = [
         f"# PPO report: {run_dir.name}", "",
         f"Policy `{s['policy']}`, reward `{s['reward']}`; {s['steps']:,} updates on {s['rollouts']:,} "

@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -122,6 +122,29 @@ class RewardModel(nn.Module):
         return rewards + terms.sum(1), terms
 
 
+class RewardEnsemble(nn.Module):
+    """Several reward models scoring as one: the mean of their rewards and of their per-token terms, the
+    mean optimisation of Coste et al. 2024 ("Reward Model Ensembles Help Mitigate Overoptimization").
+    A policy that finds an answer one member over-rates gains only a share of that member's error."""
+
+    def __init__(self, members: Sequence[RewardModel]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor) -> Tensor:
+        """As `RewardModel.forward`: rewards (B,) in float32."""
+        return self.rewards_and_token_terms(ids, lengths, prompt_lengths)[0]
+
+    def rewards_and_token_terms(
+        self, ids: Tensor, lengths: Tensor, prompt_lengths: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """As `RewardModel.rewards_and_token_terms`, averaged over the members."""
+        members = cast(Sequence[RewardModel], self.members)
+        parts = [member.rewards_and_token_terms(ids, lengths, prompt_lengths) for member in members]
+        rewards, terms = (torch.stack(part).mean(0) for part in zip(*parts, strict=True))
+        return rewards, terms
+
+
 def save_reward_model(model: RewardModel, directory: str | Path, *, extra_config: dict[str, Any]) -> None:
     """Write the body (`model.safetensors`), the head (`reward_head.safetensors`) and `config.json`."""
     directory = Path(directory)
@@ -142,6 +165,16 @@ def _read_weights(path: Path, device: str | torch.device) -> dict[str, Tensor]:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read safetensors file ({e}); the file is damaged") from e
+
+
+def load_reward_models(
+    directories: Sequence[str | Path], *, device: str | torch.device = "cpu"
+) -> RewardModel | RewardEnsemble:
+    """One reward model, or the `RewardEnsemble` of several, from run directories of `forge reward train`."""
+    if not directories:
+        raise ConfigError("give at least one reward model run directory (written by `forge reward train`)")
+    members = [load_reward_model(directory, device=device) for directory in directories]
+    return members[0] if len(members) == 1 else RewardEnsemble(members)
 
 
 def load_reward_model(directory: str | Path, *, device: str | torch.device = "cpu") -> RewardModel:

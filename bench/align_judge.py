@@ -1,0 +1,91 @@
+r"""Judge policies trained outside `bench/align.py` as it judges its own, on the same instructions.
+
+Each policy (a run directory, or a `checkpoints/step-N` directory of a DPO or PPO run) answers the
+`--select-prompts` selection instructions and the `--eval-prompts` held-out ones of `bench/align.py`'s
+split; the judge of a finished `bench/align.py` run (`--out`/rm_B, never optimised against) scores every
+answer against the SFT policy's, and the rule gives its pass rate and head-to-head verdict. The judge
+then chooses, on the selection instructions alone, the policy the experiment reports
+(`chosen`, with its held-out numbers). Results are merged into bench/results/align_judged.json under
+`--name`, so several experiments live side by side:
+
+    python bench/align_judge.py --name ppo_ensemble --sft demo_out/runs/long_sft_long \
+        --data demo_out/sft --out demo_out/bench_align runs/ppo_ens/checkpoints/step-0000384 ...
+
+`--command` records how the policies were trained (`commands` of the entry). The README's PPO variants
+(leave-one-out baseline, larger rollouts, reward-model ensemble) were judged by the same functions of
+bench/align.py (`Judged`, `select`) on the same instructions; their checkpoints were not kept, so this
+file has no entry for them.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from align import Judged, checkpoint_policy, select, validation_split
+from forge.align.reward import load_reward_model
+from forge.io import write_text
+from forge.model.io import load_model
+from forge.runtime import available_cores, set_threads
+from forge.tokenizer.bpe import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "align_judged.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("policies", nargs="+", help="run directories or checkpoints/step-N directories")
+    parser.add_argument("--name", required=True, help="the experiment's key in align_judged.json")
+    parser.add_argument(
+        "--command", action="append", default=[], help="the command that trained the policies (repeatable)"
+    )
+    parser.add_argument("--sft", default=str(ROOT / "demo_out" / "runs" / "sft"), help="SFT policy run")
+    parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
+    parser.add_argument(
+        "--out", default=str(ROOT / "demo_out" / "bench_align"), help="a finished bench/align.py run's --out"
+    )
+    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out instructions to judge")
+    parser.add_argument("--select-prompts", type=int, default=200, help="instructions the judge selects on")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    args = parser.parse_args()
+    sft_run, out = Path(args.sft), Path(args.out)
+    paths = [Path(p) for p in args.policies]
+    if missing := [str(p) for p in [out / "rm_B", *paths] if not (p / "model.safetensors").is_file()]:
+        raise SystemExit(f"no model.safetensors in {', '.join(missing)}: give run or checkpoint directories "
+                         f"and a finished bench/align.py --out")  # fmt: skip
+    threads = set_threads(available_cores())
+    start = time.perf_counter()
+    held_out, selection_prompts = validation_split(Path(args.data), args.eval_prompts, args.select_prompts)
+    sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
+    tokenizer = Tokenizer.load(sft_run / "tokenizer")
+    candidates = {
+        str(path): checkpoint_policy(path, sft_run) if path.name.startswith("step-") else load_model(path)
+        for path in paths
+    }
+    selection = Judged(selection_prompts, sft, judge_model, tokenizer, args.max_new_tokens)
+    chosen, selection_table = select(candidates, selection)
+    held = Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens)
+    measured = {name: held.measure(model)[0] for name, model in candidates.items()}
+    entry = {
+        "chosen": chosen,
+        "held_out_chosen": measured[chosen],
+        "rule_pass_rate_sft": held.sft_metrics()["rule_pass_rate"],
+        "selection": selection_table,
+        "held_out_by_candidate": measured,
+        "commands": args.command,
+        "args": {k: v for k, v in vars(args).items() if k not in ("policies", "command")},
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": threads,
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    write_text(RESULTS, json.dumps(results | {args.name: entry}, indent=2, default=str) + "\n")
+    for name, metrics in measured.items():
+        row = {k: metrics[k] for k in ("win_rate", "kl", "rule_pass_rate", "rule_win_rate")}
+        print(f"{'*' if name == chosen else ' '} {name}: {json.dumps(row)}")
+
+
+if __name__ == "__main__":
+    main()
