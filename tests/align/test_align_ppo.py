@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from forge.align.ppo import PpoConfig, RolloutBuffer, answer_ids, ppo, rollout, token_rewards
+from forge.align.ppo import PpoConfig, RolloutBuffer, ppo, rollout
+from forge.align.ppo_rows import answer_ids, token_rewards
 from forge.align.value_head import PolicyWithValue
 from forge.errors import ConfigError
 from forge.infer.batch import Completion
