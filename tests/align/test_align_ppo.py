@@ -255,6 +255,11 @@ def test_config_names_the_bad_flag(policy_run: Path) -> None:
         _config(policy_run, "x", kl_estimator="k2")
     with pytest.raises(ConfigError, match="--kl-coef"):
         _config(policy_run, "x", kl_coef=0.0, adaptive_kl=True)
+    with pytest.raises(ConfigError, match="--samples-per-prompt"):
+        _config(policy_run, "x", samples_per_prompt=0)
+    _config(policy_run, "x", rollout_batch=2, batch_size=4, samples_per_prompt=2)  # 4 answers: enough
+    with pytest.raises(ConfigError, match="--reward .*missing: no such directory"):
+        ppo(_config(policy_run, "x", reward=f"{policy_run},{policy_run.parent / 'missing'}"))
 
 
 def test_cli_help(capsys: pytest.CaptureFixture) -> None:

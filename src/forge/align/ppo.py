@@ -418,6 +418,9 @@ def _load_models(
         if not config.reward_runs:
             raise ConfigError("give the reward model: --reward REWARD_RUN (written by `forge reward`)")
         for run in config.reward_runs:
+            if not Path(run).is_dir():
+                raise ConfigError(f"--reward {run}: no such directory; give run directories written by "
+                                  "`forge reward train`, separated by commas")  # fmt: skip
             _check_tokenizer(config.policy, run, "--reward")
         reward_model = load_reward_models(config.reward_runs, device=device)
     reward_model = reward_model.to(device).eval().requires_grad_(False)
