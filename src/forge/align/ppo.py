@@ -490,7 +490,7 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
     _save(model, run_dir, config)
     summary |= {"wall_minutes": round((time.perf_counter() - started) / 60, 3), "threads": threads}
     write_json(run_dir / "summary.json", summary)
-    plot_ppo(run_dir)
+    plot_ppo(run_dir, grouped=config.samples_per_prompt > 1)
     write_text(run_dir / "report.md", ppo_report(run_dir, summary))
     print(f"score {summary['score_before']:.3f} → {summary['score_after']:.3f}, "
           f"KL to the reference {summary['kl_after']:.3f} nats per answer → {run_dir}")  # fmt: skip

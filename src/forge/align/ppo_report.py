@@ -24,8 +24,9 @@ def before_and_after(records: list[dict[str, Any]], after: dict[str, float]) -> 
     }
 
 
-def plot_ppo(run_dir: Path) -> None:
-    """Draw loss.png: the PPO loss, the mean score and reward, and the KL to the reference, against steps."""
+def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
+    """Draw loss.png: the PPO loss, the mean score and reward, and the KL to the reference, against steps.
+    `grouped`: each answer was paid against its prompt's other answers (`--samples-per-prompt` > 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,11 +35,12 @@ def plot_ppo(run_dir: Path) -> None:
     losses = [r for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r]
     rollouts = read_metrics(run_dir / "rollouts.jsonl")
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    axes[0].plot([r["step"] for r in losses], [r["train_loss"] for r in losses], color="#4c72b0")
+    axes[0].plot([r["step"] for r in losses], [r["train_loss"] for r in losses], "o-", ms=3, color="#4c72b0")
     axes[0].set(xlabel="step", ylabel="policy + vf_coef · value loss", title="PPO loss")
     steps = [r["step"] for r in rollouts]
     axes[1].plot(steps, [r["score"] for r in rollouts], "o-", ms=3, label="reward model score")
-    axes[1].plot(steps, [r["reward"] for r in rollouts], "o-", ms=3, label="score + penalties − β·KL")
+    paid = "score + penalties − others' mean − β·KL" if grouped else "score + penalties − β·KL"
+    axes[1].plot(steps, [r["reward"] for r in rollouts], "o-", ms=3, label=paid)
     axes[1].set(xlabel="step", title="mean per answer")
     axes[1].legend()
     axes[2].plot(steps, [r["kl"] for r in rollouts], "o-", ms=3, color="#c44e52")
