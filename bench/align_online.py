@@ -88,6 +88,11 @@ class Rounds:
         """The reward model that ranks online DPO's answers (loaded once, on first use)."""
         return load_reward_model(self.out / "rm_A")
 
+    @cached_property
+    def rm_a_steps_per_pair(self) -> float:
+        """RM-A's steps over its pairs: the round reward models make as many passes over theirs."""
+        return self.rm_a_config["max_steps"] / len(read_preferences(self.out / "A_train.jsonl"))
+
     def sample(self, policy: Path, r: int) -> tuple[list, Counter[str]]:
         """The policy's answers to each half-A instruction: `--pairs-per-prompt` pairs, seeds from 1000·r."""
         config = PairConfig(
@@ -140,8 +145,7 @@ class Rounds:
             sources = [self.out / "A_train.jsonl"] + [self.dir / f"labels{k}.jsonl" for k in range(2, r + 1)]
             write_text(train, "".join(path.read_text() for path in sources))
             reward_run = self.dir / f"rm{r}"
-            passes = self.rm_a_config["max_steps"] / len(read_preferences(self.out / "A_train.jsonl"))
-            steps = round(passes * len(read_preferences(train)))  # as many passes over its pairs as RM-A's
+            steps = round(self.rm_a_steps_per_pair * len(read_preferences(train)))
             start = time.perf_counter()
             record["reward_model"] = train_reward_model(
                 RewardConfig(

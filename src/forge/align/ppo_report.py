@@ -1,5 +1,6 @@
 """The pictures and the markdown report of a PPO run (`forge.align.ppo`), from its logs and summary."""
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ def before_and_after(records: list[dict[str, Any]], after: dict[str, float]) -> 
     }
 
 
+def paid_label(grouped: bool) -> str:
+    """What a rollout's mean "reward" is: the score as paid, less the KL penalty; `grouped`: each answer
+    was paid against its prompt's other answers (`--samples-per-prompt` > 1)."""
+    return "score + no-end penalty" + " − the prompt's other answers' mean" * grouped + " − β·KL"
+
+
 def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
-    """Draw loss.png: the PPO loss, the mean score and reward, and the KL to the reference, against steps.
-    `grouped`: each answer was paid against its prompt's other answers (`--samples-per-prompt` > 1)."""
+    """Draw loss.png: the PPO loss, the mean score and reward (`paid_label`), and the KL to the reference,
+    against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,10 +46,10 @@ def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
     axes[0].set(xlabel="step", ylabel="policy + vf_coef · value loss", title="PPO loss")
     steps = [r["step"] for r in rollouts]
     axes[1].plot(steps, [r["score"] for r in rollouts], "o-", ms=3, label="reward model score")
-    paid = "score + penalties − others' mean − β·KL" if grouped else "score + penalties − β·KL"
+    paid = textwrap.fill(paid_label(grouped), 32)  # fits beside the points
     axes[1].plot(steps, [r["reward"] for r in rollouts], "o-", ms=3, label=paid)
     axes[1].set(xlabel="step", title="mean per answer")
-    axes[1].legend()
+    axes[1].legend(fontsize="small")
     axes[2].plot(steps, [r["kl"] for r in rollouts], "o-", ms=3, color="#c44e52")
     axes[2].set(xlabel="step", ylabel="nats per answer", title="KL(policy ‖ reference)")
     for ax in axes:
@@ -55,11 +62,10 @@ def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
 
 def ppo_report(run_dir: Path, s: dict[str, Any]) -> str:
     """report.md: what the run changed, before and after, and a few answers of the trained policy."""
-    names = {"score": "reward model score", "reward": "score + no-end penalty − β·KL", "kl": "KL to the "
+    grouped = s.get("samples_per_prompt", 1) > 1
+    names = {"score": "reward model score", "reward": paid_label(grouped), "kl": "KL to the "
              "reference (nats/answer)", "entropy": "entropy (nats/token)", "answer_length": "answer length "
              "(tokens)", "ended_fraction": "answers that ended"}  # fmt: skip
-    if s.get("samples_per_prompt", 1) > 1:  # paid against the other answers to its prompt
-        names["reward"] = "score + no-end penalty − the prompt's other answers' mean − β·KL"
     lines = [
         f"# PPO report: {run_dir.name}", "",
         f"Policy `{s['policy']}`, reward `{s['reward']}`; {s['steps']:,} updates on {s['rollouts']:,} "
