@@ -26,6 +26,10 @@ prompts, in one run.
 With `--likelihood` both reward models add the answer's gated log-likelihood under their own LM head
 (`forge reward train --likelihood`); PPO then credits those per-token terms on their tokens.
 
+PPO runs with β `--ppo-kl-coef` and `--ppo-rollout-batch` prompts per rollout; with
+`--ppo-samples-per-prompt K` each prompt is answered K times and each answer is paid against the others
+(`--ppo-group-reward`: loo, its score less their mean; rank, its rank among them).
+
 With `--dpo-pairs rule,reward` a second DPO run trains on reward-ranked pairs: for each instruction of
 half A, the answer RM-A scores highest among those sampled for it against the one it scores lowest (as
 Dong et al. 2024, "RLHF Workflow", and Llama 3 build DPO data), the rule-tied pairs included.
@@ -441,6 +445,15 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=80, help="DPO steps")
     parser.add_argument("--dpo-lr", type=float, default=2e-5, help="DPO learning rate")
     parser.add_argument("--ppo-steps", type=int, default=96, help="PPO minibatch updates")
+    parser.add_argument("--ppo-kl-coef", type=float, default=0.05, help="PPO's β (forge ppo --kl-coef)")
+    parser.add_argument("--ppo-rollout-batch", type=int, default=32, help="prompts per PPO rollout")
+    parser.add_argument(
+        "--ppo-samples-per-prompt", type=int, default=1, help="answers per prompt of a PPO rollout"
+    )
+    parser.add_argument(
+        "--ppo-group-reward", choices=("loo", "rank"), default="loo",
+        help="with --ppo-samples-per-prompt above 1: how an answer is paid against its prompt's others",
+    )  # fmt: skip
     args = parser.parse_args()
     args.dpo_pairs = [v.strip() for v in args.dpo_pairs.split(",") if v.strip()]
     if not args.dpo_pairs or set(args.dpo_pairs) - {"rule", "reward"}:
@@ -547,6 +560,10 @@ def main() -> None:
             out=str(out / "ppo"),
             max_steps=args.ppo_steps,
             lr=3e-5,
+            kl_coef=args.ppo_kl_coef,
+            rollout_batch=args.ppo_rollout_batch,
+            samples_per_prompt=args.ppo_samples_per_prompt,
+            group_reward=args.ppo_group_reward,
             max_new_tokens=args.max_new_tokens,
             progress=False,
             threads=threads,

@@ -10,6 +10,7 @@ from forge.align.losses import (
     AdaptiveKLController,
     FixedKLController,
     bradley_terry_loss,
+    centered_ranks,
     dpo_loss,
     entropy_from_logits,
     gae,
@@ -212,10 +213,23 @@ def test_leave_one_out_by_hand() -> None:
     torch.testing.assert_close(leave_one_out(_t([0.0, -4.0]), 2), _t([4.0, -4.0]))
 
 
+@pytest.mark.parametrize("shaping", [leave_one_out, centered_ranks])
 @pytest.mark.parametrize(("shape", "group"), [((6,), 4), ((6,), 1), ((2, 3), 3)])
-def test_leave_one_out_rejects_partial_groups(shape: tuple[int, ...], group: int) -> None:
+def test_group_payments_reject_partial_groups(shaping, shape: tuple[int, ...], group: int) -> None:
     with pytest.raises(ValueError, match="groups of"):
-        leave_one_out(torch.zeros(shape), group)
+        shaping(torch.zeros(shape), group)
+
+
+def test_centered_ranks_by_hand() -> None:
+    # four answers: ranks 1, 3, 0, 2 → rank / 3 − 0.5; the second group is the first scaled by 100 and
+    # shifted, with its largest gap 1000× the others': only the order counts
+    scores = _t([2.0, 9.0, -1.0, 3.0, 200.0, 9e5, -100.0, 300.0])
+    expected = _t([-1 / 6, 0.5, -0.5, 1 / 6])
+    torch.testing.assert_close(centered_ranks(scores, 4), torch.cat([expected, expected]))
+    # ties share their mean rank: [5, 5, 1] → ranks 1.5, 1.5, 0; all equal → 0
+    torch.testing.assert_close(centered_ranks(_t([5.0, 5.0, 1.0, 7.0, 7.0, 7.0]), 3),
+                               _t([0.25, 0.25, -0.5, 0.0, 0.0, 0.0]))  # fmt: skip
+    assert centered_ranks(_t([3.0, 1.0, 2.0, 0.5]), 2).tolist() == [0.5, -0.5, 0.5, -0.5]
 
 
 # ----------------------------------------------------------------------------- GAE

@@ -216,7 +216,34 @@ def test_answers_to_one_prompt_are_paid_against_each_other(policy_run: Path, tok
                           kl_coef=0.1), reward_model=FavouredTokens())  # fmt: skip
     assert summary["score_after"] > summary["score_before"] + 0.75, summary  # 3.25 → 4.875
     report = (policy_run.parent / "grouped" / "report.md").read_text()
-    assert summary["samples_per_prompt"] == 4 and "the prompt's other answers' mean" in report
+    assert summary["samples_per_prompt"] == 4 and summary["group_reward"] == "loo"
+    assert "the prompt's other answers' mean" in report
+
+
+def test_ranked_answers_are_paid_their_place_among_the_prompt_answers(
+    policy_run: Path, tokenizer: Tokenizer
+) -> None:
+    config = _config(policy_run, "unused", samples_per_prompt=4, group_reward="rank", lam=1.0)
+    model = PolicyWithValue.from_policy(load_model(policy_run))
+    prompt = render(tokenizer, [{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True)[0]
+    result = rollout(
+        model, load_model(policy_run), FavouredTokens(), [prompt] * 4, config, kl_coef=0.0, iteration=0,
+        tokenizer=tokenizer,
+    )  # fmt: skip
+    scores = result.scores.tolist()
+    # by hand: (answers scored below + half of the other answers scored the same) / 3 − 0.5
+    expected = [
+        (sum(o < s for o in scores) + (sum(o == s for o in scores) - 1) / 2) / 3 - 0.5 for s in scores
+    ]
+    paid = result.returns[torch.arange(4), result.mask.int().argmax(1)]  # λ = 1, no KL: what is paid
+    torch.testing.assert_close(paid, torch.tensor(expected))
+    summary = ppo(_config(policy_run, "ranked", max_steps=32, rollout_batch=2, samples_per_prompt=4,
+                          group_reward="rank", kl_coef=0.01), reward_model=FavouredTokens())  # fmt: skip
+    assert summary["score_after"] > summary["score_before"] + 0.75, summary
+    report = (policy_run.parent / "ranked" / "report.md").read_text()
+    assert summary["group_reward"] == "rank" and "rank of (score + no-end penalty)" in report
+    with pytest.raises(ConfigError, match="--group-reward must be one of loo, rank"):
+        _config(policy_run, "x", group_reward="mean")
 
 
 def test_answer_ids_keep_the_ending_token() -> None:

@@ -190,6 +190,28 @@ def leave_one_out(scores: Tensor, group: int) -> Tensor:
     return (grouped - others).view(-1)
 
 
+def centered_ranks(scores: Tensor, group: int) -> Tensor:
+    """Each score replaced by its rank among its group, scaled to [−0.5, 0.5]: the rank-based fitness
+    shaping of Wierstra et al. 2014 ("Natural Evolution Strategies", section 3.1) in the centred form of
+    Salimans et al. 2017 ("Evolution Strategies as a Scalable Alternative to Reinforcement Learning",
+    section 2.2).
+
+    scores (N,) holds `group` consecutive answers to each prompt. The lowest of a group gets −0.5, the
+    highest 0.5, the others evenly between; tied scores share the mean of their ranks, so every group sums
+    to 0 and a group of equal scores pays 0. Only the order within a group counts: neither a shift nor a
+    scale of a group's scores, nor a gap far larger than the others, changes what an answer is paid.
+    Returns (N,) float32.
+    """
+    if group < 2 or scores.dim() != 1 or len(scores) % group:
+        raise ValueError(f"expected (N,) scores in whole groups of at least 2, got {tuple(scores.shape)} "
+                         f"in groups of {group}")  # fmt: skip
+    grouped = scores.float().view(-1, group)
+    below = (grouped.unsqueeze(2) > grouped.unsqueeze(1)).sum(2)  # (G, K): scores of the group under each
+    ties = (grouped.unsqueeze(2) == grouped.unsqueeze(1)).sum(2)  # itself included
+    ranks = below + (ties - 1) / 2  # 0 … K − 1, the mean rank among equal scores
+    return (ranks / (group - 1) - 0.5).view(-1)
+
+
 @torch.no_grad()
 def gae(
     rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, lam: float = 0.95

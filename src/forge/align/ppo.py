@@ -31,10 +31,13 @@ Design choices:
   score is paid minus the mean of its prompt's k − 1 other scores (`leave_one_out`, as in RLOO, Ahmadian
   et al. 2024): how easy the prompt is cancels, which otherwise only the value head (a linear layer on
   the policy's last hidden states) can take out, and the policy is pushed along what tells one answer
-  to a prompt from another; advantages by GAE over the answer tokens, whitened per rollout. A reward
-  model with a likelihood term (`forge reward train --likelihood`) has its per-token terms credited on
-  their tokens and only the rest on the last: paid all at the end, a sum over the answer's tokens made
-  stopping look costly next to the value head's guess, and answers grew longer as the score fell;
+  to a prompt from another. `group_reward` "rank" pays each answer its rank among its prompt's answers
+  instead (`centered_ranks`, −0.5 … 0.5): a gap the reward model overrates buys no more than a small
+  one. Advantages by GAE over the answer tokens, whitened per rollout. A reward model with a likelihood
+  term (`forge reward train --likelihood`) has its per-token terms credited on their tokens and only the
+  rest on the last (ranked, the whole payment is on the last): paid all at the end, a sum over the
+  answer's tokens made stopping look costly next to the value head's guess, and answers grew longer as
+  the score fell;
 - logs: the PPO loss in `metrics.jsonl` (the loop's); one record per rollout in `rollouts.jsonl` (mean
   score, reward, KL, entropy, answer length, fraction ended, β, clip fractions, value loss, two answers).
   The summary's "before" is the first rollout, "after" one more rollout of the trained policy;
@@ -58,6 +61,7 @@ from forge.align.losses import (
     KL_ESTIMATORS,
     AdaptiveKLController,
     FixedKLController,
+    centered_ranks,
     entropy_from_logits,
     gae,
     kl_penalty,
@@ -88,6 +92,8 @@ from forge.train.metrics import MetricsLog, read_metrics
 from forge.train.optim import build_optimizer
 from forge.train.precision import autocast
 
+GROUP_REWARDS = {"loo": leave_one_out, "rank": centered_ranks}  # --group-reward: what an answer is paid
+
 
 @dataclass(frozen=True, kw_only=True)
 class PpoConfig(TrainConfig):
@@ -109,8 +115,12 @@ class PpoConfig(TrainConfig):
     rollout_batch: int = 32
     """prompts answered per rollout"""
     samples_per_prompt: int = 1
-    """answers sampled per prompt of a rollout; above 1, each answer's score is paid relative to the mean
-    of its prompt's other answers (the leave-one-out baseline of RLOO)"""
+    """answers sampled per prompt of a rollout; above 1, each answer is paid against its prompt's other
+    answers, as --group-reward says"""
+    group_reward: str = "loo"
+    """with --samples-per-prompt above 1: loo (the score less the mean of the prompt's other answers, the
+    leave-one-out baseline of RLOO) or rank (the answer's rank among them, from −0.5 to 0.5: only the
+    order counts, not by how much the reward model prefers one answer)"""
     batch_size: int = 8
     """answers per PPO minibatch: one loop step (optimizer step with --grad-accum 1) each"""
     ppo_epochs: int = 2
@@ -179,6 +189,7 @@ class PpoConfig(TrainConfig):
                 "at least --batch-size / --samples-per-prompt",
             ),
             "samples_per_prompt": (self.samples_per_prompt >= 1, "at least 1"),
+            "group_reward": (self.group_reward in GROUP_REWARDS, f"one of {', '.join(GROUP_REWARDS)}"),
             "ppo_epochs": (self.ppo_epochs >= 1, "at least 1"),
             "max_new_tokens": (self.max_new_tokens >= 1, "at least 1"),
             "temperature": (0 < self.temperature <= 2, "in (0, 2]"),
@@ -287,7 +298,9 @@ def rollout(
     kl = torch.where(mask, kl_penalty(logprobs, ref_logprobs, config.kl_estimator), 0.0)  # (N, T)
     paid = scores + config.no_eos_penalty * (~ended).float()
     if config.samples_per_prompt > 1:  # rows come in groups of one prompt's answers
-        paid = leave_one_out(paid, config.samples_per_prompt)
+        paid = GROUP_REWARDS[config.group_reward](paid, config.samples_per_prompt)
+        if config.group_reward == "rank":  # the rank is the whole payment, on the last token
+            earned = torch.zeros_like(earned)
     rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef, earned=earned)
     advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
@@ -490,7 +503,7 @@ def ppo(config: PpoConfig, *, reward_model: nn.Module | None = None) -> dict[str
     _save(model, run_dir, config)
     summary |= {"wall_minutes": round((time.perf_counter() - started) / 60, 3), "threads": threads}
     write_json(run_dir / "summary.json", summary)
-    plot_ppo(run_dir, grouped=config.samples_per_prompt > 1)
+    plot_ppo(run_dir, group_reward=summary["group_reward"])
     write_text(run_dir / "report.md", ppo_report(run_dir, summary))
     print(f"score {summary['score_before']:.3f} → {summary['score_after']:.3f}, "
           f"KL to the reference {summary['kl_after']:.3f} nats per answer → {run_dir}")  # fmt: skip
@@ -547,6 +560,7 @@ def _summary(
         "prompts": prompts[0],
         "prompts_too_long": prompts[1],
         "samples_per_prompt": config.samples_per_prompt,
+        "group_reward": config.group_reward if config.samples_per_prompt > 1 else None,
         "lora": config.lora,
         "trainable_fraction": round(fraction, 5),
         **before_and_after(records, after),

@@ -25,13 +25,18 @@ def before_and_after(records: list[dict[str, Any]], after: dict[str, float]) -> 
     }
 
 
-def paid_label(grouped: bool) -> str:
-    """What a rollout's mean "reward" is: the score as paid, less the KL penalty; `grouped`: each answer
-    was paid against its prompt's other answers (`--samples-per-prompt` > 1)."""
-    return "score + no-end penalty" + " − the prompt's other answers' mean" * grouped + " − β·KL"
+def paid_label(group_reward: str | None = None) -> str:
+    """What a rollout's mean "reward" is: the score as paid, less the KL penalty. `group_reward` (loo or
+    rank): how each answer was paid against its prompt's other answers (`--samples-per-prompt` > 1)."""
+    paid = "score + no-end penalty"
+    if group_reward == "loo":
+        paid += " − the prompt's other answers' mean"
+    elif group_reward == "rank":
+        paid = f"rank of ({paid}) among the prompt's answers"
+    return paid + " − β·KL"
 
 
-def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
+def plot_ppo(run_dir: Path, *, group_reward: str | None = None) -> None:
     """Draw loss.png: the PPO loss, the mean score and reward (`paid_label`), and the KL to the reference,
     against steps."""
     import matplotlib
@@ -46,7 +51,7 @@ def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
     axes[0].set(xlabel="step", ylabel="policy + vf_coef · value loss", title="PPO loss")
     steps = [r["step"] for r in rollouts]
     axes[1].plot(steps, [r["score"] for r in rollouts], "o-", ms=3, label="reward model score")
-    paid = textwrap.fill(paid_label(grouped), 32)  # fits beside the points
+    paid = textwrap.fill(paid_label(group_reward), 32)  # fits beside the points
     axes[1].plot(steps, [r["reward"] for r in rollouts], "o-", ms=3, label=paid)
     axes[1].set(xlabel="step", title="mean per answer")
     axes[1].legend(fontsize="small")
@@ -62,8 +67,8 @@ def plot_ppo(run_dir: Path, *, grouped: bool = False) -> None:
 
 def ppo_report(run_dir: Path, s: dict[str, Any]) -> str:
     """report.md: what the run changed, before and after, and a few answers of the trained policy."""
-    grouped = s.get("samples_per_prompt", 1) > 1
-    names = {"score": "reward model score", "reward": paid_label(grouped), "kl": "KL to the "
+    group_reward = s.get("group_reward")
+    names = {"score": "reward model score", "reward": paid_label(group_reward), "kl": "KL to the "
              "reference (nats/answer)", "entropy": "entropy (nats/token)", "answer_length": "answer length "
              "(tokens)", "ended_fraction": "answers that ended"}  # fmt: skip
     lines = [
