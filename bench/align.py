@@ -57,6 +57,15 @@ fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 an
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
         --reward-steps 320 --likelihood --dpo-pairs rule,reward --dpo-steps 480 --ppo-steps 384
 
+bench/results/align_rank.json came from a model rebuilt by the same three commands (2,612 steps in its 36
+minutes) and a run whose PPO pays ranks; it was written in align.json's place and moved, and the first
+model's align.json restored:
+
+    python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align \
+        --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
+        --reward-steps 320 --likelihood --dpo-pairs rule,reward --dpo-steps 480 --ppo-steps 768 \
+        --ppo-kl-coef 0.03 --ppo-rollout-batch 16 --ppo-samples-per-prompt 4 --ppo-group-reward rank
+
 bench/results/align_likelihood.json and align_last_token.json came from an earlier model made by the same
 three commands (its 36 minutes reached a held-out loss of 2.88; align.json's model, 2,755 steps at a
 throughput that fell from 4,400 to 2,200 tokens/s during the run, 3.11) and the bench before

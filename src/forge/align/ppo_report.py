@@ -51,10 +51,11 @@ def plot_ppo(run_dir: Path, *, group_reward: str | None = None) -> None:
     axes[0].set(xlabel="step", ylabel="policy + vf_coef · value loss", title="PPO loss")
     steps = [r["step"] for r in rollouts]
     axes[1].plot(steps, [r["score"] for r in rollouts], "o-", ms=3, label="reward model score")
-    paid = textwrap.fill(paid_label(group_reward), 32)  # fits beside the points
+    paid = textwrap.fill(paid_label(group_reward), 40)
     axes[1].plot(steps, [r["reward"] for r in rollouts], "o-", ms=3, label=paid)
     axes[1].set(xlabel="step", title="mean per answer")
-    axes[1].legend(fontsize="small")
+    # below the panel, not over its points
+    axes[1].legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=2)
     axes[2].plot(steps, [r["kl"] for r in rollouts], "o-", ms=3, color="#c44e52")
     axes[2].set(xlabel="step", ylabel="nats per answer", title="KL(policy ‖ reference)")
     for ax in axes:
