@@ -113,7 +113,7 @@ from safetensors.torch import load_file
 from forge.align.dpo import DpoConfig, dpo
 from forge.align.formats import prompt_key, read_prompts
 from forge.align.losses import token_logprobs
-from forge.align.ppo import PpoConfig, ppo
+from forge.align.ppo import GROUP_REWARDS, PpoConfig, ppo
 from forge.align.preferences import NewPair
 from forge.align.reward import (
     RewardConfig,
@@ -460,7 +460,7 @@ def main() -> None:
         "--ppo-samples-per-prompt", type=int, default=1, help="answers per prompt of a PPO rollout"
     )
     parser.add_argument(
-        "--ppo-group-reward", choices=("loo", "rank"), default="loo",
+        "--ppo-group-reward", choices=tuple(GROUP_REWARDS), default="loo",
         help="with --ppo-samples-per-prompt above 1: how an answer is paid against its prompt's others",
     )  # fmt: skip
     args = parser.parse_args()

@@ -172,6 +172,14 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {KL_ESTIMATORS}")
 
 
+def _groups(scores: Tensor, group: int) -> Tensor:
+    """scores (N,) as (N / group, group) float32: one row per prompt's answers, which come consecutively."""
+    if group < 2 or scores.dim() != 1 or len(scores) % group:
+        raise ValueError(f"expected (N,) scores in whole groups of at least 2, got {tuple(scores.shape)} "
+                         f"in groups of {group}")  # fmt: skip
+    return scores.float().view(-1, group)
+
+
 @torch.no_grad()
 def leave_one_out(scores: Tensor, group: int) -> Tensor:
     """Each score minus the mean of the other scores of its group: the leave-one-out baseline of Kool et
@@ -182,14 +190,12 @@ def leave_one_out(scores: Tensor, group: int) -> Tensor:
     the other answers, sampled independently of i, so a policy gradient weighted by the result stays
     unbiased; what every answer to a prompt shares (how easy the prompt is) cancels. Returns (N,) float32.
     """
-    if group < 2 or scores.dim() != 1 or len(scores) % group:
-        raise ValueError(f"expected (N,) scores in whole groups of at least 2, got {tuple(scores.shape)} "
-                         f"in groups of {group}")  # fmt: skip
-    grouped = scores.float().view(-1, group)
+    grouped = _groups(scores, group)
     others = (grouped.sum(1, keepdim=True) - grouped) / (group - 1)
     return (grouped - others).view(-1)
 
 
+@torch.no_grad()
 def centered_ranks(scores: Tensor, group: int) -> Tensor:
     """Each score replaced by its rank among its group, scaled to [−0.5, 0.5]: the rank-based fitness
     shaping of Wierstra et al. 2014 ("Natural Evolution Strategies", section 3.1) in the centred form of
@@ -202,10 +208,7 @@ def centered_ranks(scores: Tensor, group: int) -> Tensor:
     scale of a group's scores, nor a gap far larger than the others, changes what an answer is paid.
     Returns (N,) float32.
     """
-    if group < 2 or scores.dim() != 1 or len(scores) % group:
-        raise ValueError(f"expected (N,) scores in whole groups of at least 2, got {tuple(scores.shape)} "
-                         f"in groups of {group}")  # fmt: skip
-    grouped = scores.float().view(-1, group)
+    grouped = _groups(scores, group)
     below = (grouped.unsqueeze(2) > grouped.unsqueeze(1)).sum(2)  # (G, K): scores of the group under each
     ties = (grouped.unsqueeze(2) == grouped.unsqueeze(1)).sum(2)  # itself included
     ranks = below + (ties - 1) / 2  # 0 … K − 1, the mean rank among equal scores

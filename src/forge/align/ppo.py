@@ -299,9 +299,8 @@ def rollout(
     paid = scores + config.no_eos_penalty * (~ended).float()
     if config.samples_per_prompt > 1:  # rows come in groups of one prompt's answers
         paid = GROUP_REWARDS[config.group_reward](paid, config.samples_per_prompt)
-        if config.group_reward == "rank":  # the rank is the whole payment, on the last token
-            earned = torch.zeros_like(earned)
-    rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef, earned=earned)
+    ranked = config.samples_per_prompt > 1 and config.group_reward == "rank"  # the rank is all that is paid
+    rewards = token_rewards(paid, kl, mask, kl_coef=kl_coef, earned=None if ranked else earned)
     advantages, returns = gae(rewards, values, mask, gamma=config.gamma, lam=config.lam)
     if config.whiten_advantages:
         advantages = whiten(advantages, mask)
