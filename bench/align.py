@@ -26,9 +26,9 @@ prompts, in one run.
 With `--likelihood` both reward models add the answer's gated log-likelihood under their own LM head
 (`forge reward train --likelihood`); PPO then credits those per-token terms on their tokens.
 
-PPO runs with β `--ppo-kl-coef` and `--ppo-rollout-batch` prompts per rollout; with
-`--ppo-samples-per-prompt K` each prompt is answered K times and each answer is paid against the others
-(`--ppo-group-reward`: loo, its score less their mean; rank, its rank among them).
+PPO runs with β `--ppo-kl-coef`, `--ppo-rollout-batch` prompts per rollout and answers sampled at
+`--ppo-temperature`; with `--ppo-samples-per-prompt K` each prompt is answered K times and each answer is
+paid against the others (`--ppo-group-reward`: loo, its score less their mean; rank, its rank among them).
 
 With `--dpo-pairs rule,reward` a second DPO run trains on reward-ranked pairs: for each instruction of
 half A, the answer RM-A scores highest among those sampled for it against the one it scores lowest (as
@@ -194,12 +194,14 @@ def read_sampled(path: Path) -> tuple[list[SampledPair], Counter[str]]:
 
 @torch.no_grad()
 def answer(
-    model: Transformer, tokenizer: Tokenizer, prompts: list, max_new_tokens: int
+    model: Transformer, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, seed_offset: int = 0
 ) -> list[tuple[str, bool, list[int]]]:
-    """(text, ended, answer ids) per prompt, sampled at temperature 0.7 with seed = prompt index."""
+    """(text, ended, answer ids) per prompt, sampled at temperature 0.7 with seed = `seed_offset` + the
+    prompt's index."""
     ids = [render(tokenizer, p, add_generation_prompt=True)[0] for p in prompts]
     configs = [
-        SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens, seed=i) for i in range(len(ids))
+        SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens, seed=seed_offset + i)
+        for i in range(len(ids))
     ]
     out = []
     for start in range(0, len(ids), 16):
@@ -365,19 +367,20 @@ class Judged:
     def measure(self, policy: Transformer) -> tuple[dict[str, Any], list]:
         """Win rate against the SFT policy by the judge, KL to it and the rule's verdicts; and the answers."""
         answers = answer(policy, self.tokenizer, self.prompts, self.max_new_tokens)
+        metrics = self.measure_answers(answers)
+        kl = round(kl_to(policy, self.sft, self.tokenizer, self.prompts, answers), 4)
+        return {"win_rate": metrics.pop("win_rate"), "kl": kl, **metrics}, answers
+
+    def measure_answers(self, answers: list) -> dict[str, Any]:
+        """Win rate against the SFT policy by the judge and the rule's verdicts, for one answer per prompt
+        ((text, ended, ids) as `answer` gives them)."""
         scores, verdicts = self._scores(answers), self._verdicts(answers)
         wins = win_rate((s > b) - (s < b) for s, b in zip(scores, self.sft_scores, strict=True))
         rule_wins = win_rate(
             {"a": 1, "b": -1, None: 0}[compare(v, base)]
             for v, base in zip(verdicts, self.sft_verdicts, strict=True)
         )
-        metrics = {
-            "win_rate": round(wins, 4),
-            "kl": round(kl_to(policy, self.sft, self.tokenizer, self.prompts, answers), 4),
-            "rule_win_rate": round(rule_wins, 4),
-            **self._rule(verdicts),
-        }
-        return metrics, answers
+        return {"win_rate": round(wins, 4), "rule_win_rate": round(rule_wins, 4), **self._rule(verdicts)}
 
 
 def select(candidates: dict[str, Transformer], selection: Judged | None) -> tuple[str, list[dict[str, Any]]]:
@@ -395,13 +398,19 @@ def select(candidates: dict[str, Transformer], selection: Judged | None) -> tupl
     return names[best], table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser_with_runs(
+    doc: str | None, out_help: str = "a finished bench/align.py run's --out"
+) -> argparse.ArgumentParser:
+    """A parser showing `doc`, with the --sft, --data and --out options every alignment bench takes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft", default=str(ROOT / "demo_out" / "runs" / "sft"), help="SFT policy run")
     parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
-    parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_align"), help="where the runs go")
+    parser.add_argument("--out", default=str(ROOT / "demo_out" / "bench_align"), help=out_help)
+    return parser
+
+
+def main() -> None:
+    parser = parser_with_runs(__doc__, out_help="where the runs go")
     parser.add_argument("--prompts", type=int, default=600, help="training instructions to sample pairs for")
     parser.add_argument("--pairs-per-prompt", type=int, default=1, help="pairs of answers sampled per prompt")
     parser.add_argument(
@@ -462,6 +471,10 @@ def main() -> None:
     parser.add_argument(
         "--ppo-group-reward", choices=tuple(GROUP_REWARDS), default="loo",
         help="with --ppo-samples-per-prompt above 1: how an answer is paid against its prompt's others",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ppo-temperature", type=float, default=1.0,
+        help="temperature PPO samples and computes its log-probabilities at (forge ppo --temperature)",
     )  # fmt: skip
     args = parser.parse_args()
     args.dpo_pairs = [v.strip() for v in args.dpo_pairs.split(",") if v.strip()]
@@ -573,6 +586,7 @@ def main() -> None:
             rollout_batch=args.ppo_rollout_batch,
             samples_per_prompt=args.ppo_samples_per_prompt,
             group_reward=args.ppo_group_reward,
+            temperature=args.ppo_temperature,
             max_new_tokens=args.max_new_tokens,
             progress=False,
             threads=threads,

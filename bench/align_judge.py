@@ -11,18 +11,20 @@ then chooses, on the selection instructions alone, the policy the experiment rep
     python bench/align_judge.py --name ppo_ensemble --sft demo_out/runs/long_sft_long \
         --data demo_out/sft --out demo_out/bench_align runs/ppo_ens/checkpoints/step-0000384 ...
 
-`--command` records how the policies were trained (`commands` of the entry). The README's PPO variants
-(leave-one-out baseline, larger rollouts, reward-model ensemble) were judged by the same functions of
-bench/align.py (`Judged`, `select`) on the same instructions; their checkpoints were not kept, so this
-file has no entry for them.
+`--command` records how the policies were trained (`commands` of the entry). With `--train-prompts N`
+the policies are also judged on the first N instructions of half A, the ones they were trained on
+(`train_prompts_by_candidate`), to tell what a policy learnt from what it carries to new instructions.
+The README's PPO variants (leave-one-out baseline, larger rollouts, reward-model ensemble) were judged by
+the same functions of bench/align.py (`Judged`, `select`) on the same instructions; their checkpoints were
+not kept, so this file has no entry for them.
 """
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from align import Judged, checkpoint_policy, select, validation_split
+from align import Judged, checkpoint_policy, parser_with_runs, select, validation_split
+from forge.align.formats import read_prompts
 from forge.align.reward import load_reward_model
 from forge.io import write_text
 from forge.model.io import load_model
@@ -34,22 +36,20 @@ RESULTS = ROOT / "bench" / "results" / "align_judged.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = parser_with_runs(__doc__)
     parser.add_argument("policies", nargs="+", help="run directories or checkpoints/step-N directories")
     parser.add_argument("--name", required=True, help="the experiment's key in align_judged.json")
     parser.add_argument(
         "--command", action="append", default=[], help="the command that trained the policies (repeatable)"
     )
-    parser.add_argument("--sft", default=str(ROOT / "demo_out" / "runs" / "sft"), help="SFT policy run")
-    parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
-    parser.add_argument(
-        "--out", default=str(ROOT / "demo_out" / "bench_align"), help="a finished bench/align.py run's --out"
-    )
     parser.add_argument("--eval-prompts", type=int, default=200, help="held-out instructions to judge")
     parser.add_argument("--select-prompts", type=int, default=200, help="instructions the judge selects on")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    parser.add_argument(
+        "--train-prompts", type=int, default=0,
+        help="also judge on the first N half-A training instructions (--out/prompts_A.jsonl), the ones PPO "
+        "and RM-A's data were drawn from: `train_prompts_by_candidate`, beside the held-out numbers",
+    )  # fmt: skip
     args = parser.parse_args()
     sft_run, out = Path(args.sft), Path(args.out)
     paths = [Path(p) for p in args.policies]
@@ -69,12 +69,21 @@ def main() -> None:
     chosen, selection_table = select(candidates, selection)
     held = Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens)
     measured = {name: held.measure(model)[0] for name, model in candidates.items()}
+    if args.train_prompts:
+        trained_on = Judged(read_prompts(out / "prompts_A.jsonl")[: args.train_prompts], sft, judge_model,
+                            tokenizer, args.max_new_tokens)  # fmt: skip
+        on_train = {name: trained_on.measure(model)[0] for name, model in candidates.items()}
     entry = {
         "chosen": chosen,
         "held_out_chosen": measured[chosen],
         "rule_pass_rate_sft": held.sft_metrics()["rule_pass_rate"],
         "selection": selection_table,
         "held_out_by_candidate": measured,
+        **(
+            {"train_prompts_by_candidate": on_train, "train_prompts_sft": trained_on.sft_metrics()}
+            if args.train_prompts
+            else {}
+        ),
         "commands": args.command,
         "args": {k: v for k, v in vars(args).items() if k not in ("policies", "command")},
         "seconds": round(time.perf_counter() - start, 1),

@@ -54,7 +54,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from align import Judged, reward_ranked_pairs, select, validation_split
+from align import Judged, parser_with_runs, reward_ranked_pairs, select, validation_split
 from forge.align.dpo import DpoConfig, dpo
 from forge.align.formats import read_preferences, read_prompts
 from forge.align.ppo import PpoConfig, ppo
@@ -173,14 +173,7 @@ class Rounds:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--sft", default=str(ROOT / "demo_out" / "runs" / "sft"), help="SFT policy run")
-    parser.add_argument("--data", default=str(ROOT / "demo_out" / "sft"), help="synth-sft output directory")
-    parser.add_argument(
-        "--out", default=str(ROOT / "demo_out" / "bench_align"), help="a finished bench/align.py run's --out"
-    )
+    parser = parser_with_runs(__doc__)
     parser.add_argument("--method", choices=("dpo", "ppo"), default="dpo", help="the optimiser of each round")
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of sampling, ranking or labelling, training"

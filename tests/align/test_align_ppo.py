@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from forge.align.ppo import PpoConfig, RolloutBuffer, ppo, rollout
+from forge.align.losses import token_logprobs
+from forge.align.ppo import PpoConfig, RolloutBuffer, ppo, ppo_loss, rollout
 from forge.align.ppo_rows import answer_ids, token_rewards
 from forge.align.value_head import PolicyWithValue
 from forge.errors import ConfigError
@@ -244,6 +245,31 @@ def test_ranked_answers_are_paid_their_place_among_the_prompt_answers(
     assert summary["group_reward"] == "rank" and "rank of (score + no-end penalty)" in report
     with pytest.raises(ConfigError, match="--group-reward must be one of loo, rank"):
         _config(policy_run, "x", group_reward="mean")
+
+
+def test_log_probabilities_are_those_of_the_temperature_sampled_at(
+    policy_run: Path, tokenizer: Tokenizer
+) -> None:
+    config = _config(policy_run, "unused", temperature=0.5, max_new_tokens=6)
+    policy = load_model(policy_run)
+    model = PolicyWithValue.from_policy(policy)
+    prompts = [
+        render(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True)[0] for q in QUESTIONS
+    ]
+    result = rollout(
+        model, load_model(policy_run), Zero(), prompts, config, kl_coef=0.0, iteration=0, tokenizer=tokenizer
+    )
+    inputs, targets, mask = result.ids[:, :-1], result.ids[:, 1:], result.mask
+    with torch.no_grad():
+        logits = policy(inputs)
+    tempered, plain = token_logprobs(logits / 0.5, targets), token_logprobs(logits, targets)
+    torch.testing.assert_close(result.logprobs[mask], tempered[mask])  # what the answers were drawn from
+    assert not torch.allclose(result.logprobs[mask], plain[mask], atol=1e-3)
+    assert result.stats["kl"] == pytest.approx(0.0, abs=1e-5)  # reference = policy, both at 0.5
+    _, stats = ppo_loss(model, inputs, targets, mask, result.logprobs, result.values, result.advantages,
+                        result.returns, config=config)  # fmt: skip
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-6)  # before any update the ratio is 1
+    assert stats["clip_fraction"] == 0.0
 
 
 def test_answer_ids_keep_the_ending_token() -> None:

@@ -163,3 +163,17 @@ def test_bad_conversations_name_the_line(base_run: Path, tmp_path: Path) -> None
     )
     with pytest.raises(DataError, match=r"bad.jsonl:2"):
         sft(_config(base_run, path, tmp_path / "x"))
+
+
+def test_without_validation_data_the_summary_says_null_not_nan(
+    base_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "alone" / "train.jsonl"  # no val.jsonl beside it
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps({"messages": _messages(q, a)}) + "\n" for q, a in CONVERSATIONS))
+    summary = sft(_config(base_run, path, tmp_path / "run", max_steps=4))
+    assert summary["val_loss_before"] is None and summary["val_loss_reduction"] is None
+    text = (tmp_path / "run" / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"summary.json holds {name}"))
+    assert "nan" not in capsys.readouterr().out.lower()
+    assert "| n/a |" in (tmp_path / "run" / "report.md").read_text()

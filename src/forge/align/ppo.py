@@ -128,7 +128,8 @@ class PpoConfig(TrainConfig):
     max_new_tokens: int = 96
     """longest answer sampled; prompts that leave no room for it in the context are left out"""
     temperature: float = 1.0
-    """sampling temperature (1 samples from the policy itself, as PPO's log-probabilities assume)"""
+    """sampling temperature; the log-probabilities, the KL to the reference and the updates all divide
+    the logits by it, so what is trained is the policy as sampled at it (e.g. the temperature it serves at)"""
     top_p: float = 1.0
     """nucleus sampling (1 = off; below 1 the samples are no longer exactly the policy's)"""
     kl_coef: float = 0.05

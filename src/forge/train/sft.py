@@ -160,8 +160,7 @@ def sft(config: SftConfig) -> dict[str, Any]:
     forgetting = _forgetting_shards(config)
 
     def measure(final: bool = True) -> dict[str, float]:
-        if val_rows is None:
-            return {"loss": math.nan, "bpb": math.nan}
+        assert val_rows is not None
         return assistant_loss(model, val_rows, token_bytes, batch_size=config.batch_size, device=device,
                               dtype=config.autocast_dtype)  # fmt: skip
 
@@ -173,7 +172,10 @@ def sft(config: SftConfig) -> dict[str, Any]:
             "bpb"
         ]
 
-    before: dict[str, Any] = {"val": measure(), "base_domain_bpb": base_domain_bpb()}
+    def held_out() -> dict[str, float] | dict[str, None]:  # nothing held out: null in summary.json, not NaN
+        return measure() if val_rows else {"loss": None, "bpb": None}
+
+    before: dict[str, Any] = {"val": held_out(), "base_domain_bpb": base_domain_bpb()}
     if config.lora:
         wrapped = apply_lora(model, config.adapter, token_ids=range(len(SPECIAL_TOKENS)))
         print(f"LoRA on {len(wrapped)} layers: {100 * trainable_fraction(model):.2f}% of the weights train")
@@ -183,15 +185,18 @@ def sft(config: SftConfig) -> dict[str, Any]:
     loader = RowLoader(rows, config.batch_size, seed=config.seed)
     state = start_or_resume(run_dir, resume=config.resume, model=model, optimizer=optimizer, data=loader,
                             tokenizer=tokenizer)  # fmt: skip
+    validation = "no validation rows, so no held-out loss"
+    if val_rows:
+        loss = before["val"]["loss"]
+        validation = f"{len(val_rows):,} validation rows; base model's held-out assistant loss {loss:.4f}"
     print(f"sft: {len(train_examples):,} conversations in {len(rows):,} rows of {seq_len} tokens "
-          f"({too_long:,} longer than that left out), {len(val_rows) if val_rows else 0:,} validation rows; "
-          f"base model's held-out assistant loss {before['val']['loss']:.4f}")  # fmt: skip
+          f"({too_long:,} longer than that left out), {validation}")  # fmt: skip
     state = train(model, optimizer, config, run_dir=run_dir, next_batch=loader.next_batch,
                   data_state=loader.state_dict, state=state, device=device,
                   evaluate=measure if val_rows is not None else None, loss_fn=masked_loss)  # fmt: skip
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
-    after: dict[str, Any] = {"val": measure(), "base_domain_bpb": base_domain_bpb()}
+    after: dict[str, Any] = {"val": held_out(), "base_domain_bpb": base_domain_bpb()}
     fraction = trainable_fraction(model) if config.lora else 1.0
     if config.lora:
         save_adapter(model, run_dir / "adapter", config.adapter, base_model=str(Path(config.base).resolve()))
@@ -204,7 +209,10 @@ def sft(config: SftConfig) -> dict[str, Any]:
     write_json(run_dir / "summary.json", summary)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"fine-tuning · {run_dir.name}")
     write_text(run_dir / "report.md", _report(run_dir, summary))
-    print(f"held-out assistant loss {before['val']['loss']:.4f} → {after['val']['loss']:.4f} → {run_dir}")
+    if val_rows:
+        print(f"held-out assistant loss {before['val']['loss']:.4f} → {after['val']['loss']:.4f} → {run_dir}")
+    else:
+        print(f"trained → {run_dir}")
     return summary
 
 
@@ -223,7 +231,7 @@ def _summary(
         "trainable_fraction": round(fraction, 5),
         "val_loss_before": loss_before,
         "val_loss_after": loss_after,
-        "val_loss_reduction": round(1 - loss_after / loss_before, 4) if loss_before == loss_before else None,
+        "val_loss_reduction": round(1 - loss_after / loss_before, 4) if loss_before is not None else None,
         "base_domain_bpb_before": before["base_domain_bpb"],
         "base_domain_bpb_after": after["base_domain_bpb"],
         "train_minutes": round(state.elapsed_s / 60, 3),
