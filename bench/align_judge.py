@@ -51,6 +51,8 @@ def main() -> None:
         "and RM-A's data were drawn from: `train_prompts_by_candidate`, beside the held-out numbers",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.train_prompts < 0:
+        parser.error(f"--train-prompts must be 0 (off) or more, got {args.train_prompts}")
     sft_run, out = Path(args.sft), Path(args.out)
     paths = [Path(p) for p in args.policies]
     if missing := [str(p) for p in [out / "rm_B", *paths] if not (p / "model.safetensors").is_file()]:
