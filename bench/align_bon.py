@@ -56,6 +56,14 @@ def best(values: list) -> int:
     return max(range(len(values)), key=lambda k: (values[k], -k))
 
 
+def paid_scores(
+    rm_a: RewardModel, tokenizer: Tokenizer, prompts: list, answers: list, penalty: float
+) -> list:
+    """RM-A's score of each (prompt, answer), less `penalty` where the answer stopped at the token limit."""
+    scores = score_answers(rm_a, tokenizer, [(p, a[0]) for p, a in zip(prompts, answers, strict=True)])
+    return [s - (0 if ended else penalty) for s, (_, ended, _) in zip(scores, answers, strict=True)]
+
+
 def distill(args: argparse.Namespace, sft: Transformer, rm_a: RewardModel, tokenizer: Tokenizer) -> dict:
     """Write RM-A's best of `--distill-n` answers to each half-A instruction as conversations; say how
     many were written."""
@@ -63,9 +71,8 @@ def distill(args: argparse.Namespace, sft: Transformer, rm_a: RewardModel, token
     best_answers: list[tuple[float, str, bool]] = [(-math.inf, "", False)] * len(prompts)
     for k in range(1, args.distill_n + 1):
         answers = answer(sft, tokenizer, prompts, args.max_new_tokens, seed_offset=SEED_STRIDE * k)
-        scores = score_answers(rm_a, tokenizer, [(p, a[0]) for p, a in zip(prompts, answers, strict=True)])
-        for i, ((text, ended, _), score) in enumerate(zip(answers, scores, strict=True)):
-            paid = score - (0 if ended else args.unfinished_penalty)
+        paid_all = paid_scores(rm_a, tokenizer, prompts, answers, args.unfinished_penalty)
+        for i, ((text, ended, _), paid) in enumerate(zip(answers, paid_all, strict=True)):
             if paid > best_answers[i][0]:
                 best_answers[i] = (paid, text, ended)
         print(f"distill: answer {k} of {args.distill_n} to each of {len(prompts)} instructions", flush=True)
@@ -114,10 +121,8 @@ def main() -> None:
     samples, rewards, verdicts = [], [], []  # [k][i]: the k-th answer to instruction i
     for k in range(1, sizes[-1] + 1):
         answers = answer(sft, tokenizer, held_out, args.max_new_tokens, seed_offset=SEED_STRIDE * k)
-        scores = score_answers(rm_a, tokenizer, [(p, a[0]) for p, a in zip(held_out, answers, strict=True)])
         samples.append(answers)
-        penalties = [0 if ended else args.unfinished_penalty for _, ended, _ in answers]
-        rewards.append([s - cut for s, cut in zip(scores, penalties, strict=True)])
+        rewards.append(paid_scores(rm_a, tokenizer, held_out, answers, args.unfinished_penalty))
         verdicts.append([judge(p, a[0], finished=a[1]) for p, a in zip(held_out, answers, strict=True)])
         print(f"sampled answer {k} of {sizes[-1]} to each of {len(held_out)} instructions", flush=True)
 

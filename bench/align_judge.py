@@ -22,6 +22,7 @@ not kept, so this file has no entry for them.
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from align import Judged, checkpoint_policy, parser_with_runs, select, validation_split
 from forge.align.formats import read_prompts
@@ -71,21 +72,21 @@ def main() -> None:
     chosen, selection_table = select(candidates, selection)
     held = Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens)
     measured = {name: held.measure(model)[0] for name, model in candidates.items()}
+    on_train: dict[str, Any] = {}  # with --train-prompts: the same on instructions they trained on
     if args.train_prompts:
         trained_on = Judged(read_prompts(out / "prompts_A.jsonl")[: args.train_prompts], sft, judge_model,
                             tokenizer, args.max_new_tokens)  # fmt: skip
-        on_train = {name: trained_on.measure(model)[0] for name, model in candidates.items()}
+        on_train = {
+            "train_prompts_by_candidate": {name: trained_on.measure(m)[0] for name, m in candidates.items()},
+            "train_prompts_sft": trained_on.sft_metrics(),
+        }
     entry = {
         "chosen": chosen,
         "held_out_chosen": measured[chosen],
         "rule_pass_rate_sft": held.sft_metrics()["rule_pass_rate"],
         "selection": selection_table,
         "held_out_by_candidate": measured,
-        **(
-            {"train_prompts_by_candidate": on_train, "train_prompts_sft": trained_on.sft_metrics()}
-            if args.train_prompts
-            else {}
-        ),
+        **on_train,
         "commands": args.command,
         "args": {k: v for k, v in vars(args).items() if k not in ("policies", "command")},
         "seconds": round(time.perf_counter() - start, 1),

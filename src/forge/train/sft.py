@@ -193,7 +193,7 @@ def sft(config: SftConfig) -> dict[str, Any]:
           f"({too_long:,} longer than that left out), {validation}")  # fmt: skip
     state = train(model, optimizer, config, run_dir=run_dir, next_batch=loader.next_batch,
                   data_state=loader.state_dict, state=state, device=device,
-                  evaluate=measure if val_rows is not None else None, loss_fn=masked_loss)  # fmt: skip
+                  evaluate=measure if val_rows else None, loss_fn=masked_loss)  # fmt: skip
     if state.interrupted:
         return {"interrupted": True, "step": state.step}
     after: dict[str, Any] = {"val": held_out(), "base_domain_bpb": base_domain_bpb()}
