@@ -24,16 +24,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from align import Judged, checkpoint_policy, parser_with_runs, select, validation_split
 from forge.align.formats import read_prompts
 from forge.align.reward import load_reward_model
 from forge.io import write_text
 from forge.model.io import load_model
+from forge.model.transformer import Transformer
 from forge.runtime import available_cores, set_threads
 from forge.tokenizer.bpe import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "align_judged.json"
+
+
+def averaged(models: list[Transformer]) -> Transformer:
+    """The first model holding the element-wise mean of all the models' weights. Every mean is taken
+    before any is written: tied weights appear under two names and share one tensor."""
+    states = [model.state_dict() for model in models]
+    means = {name: torch.stack([state[name].float() for state in states]).mean(0) for name in states[0]}
+    with torch.no_grad():
+        for name, tensor in states[0].items():
+            tensor.copy_(means[name].to(tensor.dtype))
+    return models[0]
 
 
 def main() -> None:
@@ -51,7 +65,14 @@ def main() -> None:
         help="also judge on the first N half-A training instructions (--out/prompts_A.jsonl), the ones PPO "
         "and RM-A's data were drawn from: `train_prompts_by_candidate`, beside the held-out numbers",
     )  # fmt: skip
+    parser.add_argument(
+        "--average", action="store_true",
+        help="judge one policy instead, the uniform average of the given policies' weights (tail averaging "
+        "of a run's iterates, as stochastic weight averaging does: Izmailov et al. 2018)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.average and len(args.policies) < 2:
+        parser.error("--average needs two or more policies to average")
     if args.train_prompts < 0:
         parser.error(f"--train-prompts must be 0 (off) or more, got {args.train_prompts}")
     sft_run, out = Path(args.sft), Path(args.out)
@@ -68,6 +89,9 @@ def main() -> None:
         str(path): checkpoint_policy(path, sft_run) if path.name.startswith("step-") else load_model(path)
         for path in paths
     }
+    if args.average:
+        name = f"average of {len(paths)}: {', '.join(map(str, paths))}"
+        candidates = {name: averaged(list(candidates.values()))}
     selection = Judged(selection_prompts, sft, judge_model, tokenizer, args.max_new_tokens)
     chosen, selection_table = select(candidates, selection)
     held = Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens)
