@@ -14,6 +14,7 @@ then chooses, on the selection instructions alone, the policy the experiment rep
 `--command` records how the policies were trained (`commands` of the entry). With `--train-prompts N`
 the policies are also judged on the first N instructions of half A, the ones they were trained on
 (`train_prompts_by_candidate`), to tell what a policy learnt from what it carries to new instructions.
+`--average` judges one policy instead: the mean of the given checkpoints' weights.
 The README's PPO variants (leave-one-out baseline, larger rollouts, reward-model ensemble) were judged by
 the same functions of bench/align.py (`Judged`, `select`) on the same instructions; their checkpoints were
 not kept, so this file has no entry for them.
