@@ -194,13 +194,18 @@ def read_sampled(path: Path) -> tuple[list[SampledPair], Counter[str]]:
 
 @torch.no_grad()
 def answer(
-    model: Transformer, tokenizer: Tokenizer, prompts: list, max_new_tokens: int, seed_offset: int = 0
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompts: list,
+    max_new_tokens: int,
+    seed_offset: int = 0,
+    temperature: float = 0.7,
 ) -> list[tuple[str, bool, list[int]]]:
-    """(text, ended, answer ids) per prompt, sampled at temperature 0.7 with seed = `seed_offset` + the
-    prompt's index."""
+    """(text, ended, answer ids) per prompt, sampled at `temperature` (0.7 for every judged policy; 0 is
+    greedy) with seed = `seed_offset` + the prompt's index."""
     ids = [render(tokenizer, p, add_generation_prompt=True)[0] for p in prompts]
     configs = [
-        SamplingConfig(temperature=0.7, max_new_tokens=max_new_tokens, seed=seed_offset + i)
+        SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed_offset + i)
         for i in range(len(ids))
     ]
     out = []
@@ -339,10 +344,10 @@ class Judged:
     (a reward model never optimised against) and by the rule."""
 
     def __init__(self, prompts: list, sft: Transformer, judge_model: RewardModel, tokenizer: Tokenizer,
-                 max_new_tokens: int) -> None:  # fmt: skip
+                 max_new_tokens: int, temperature: float = 0.7) -> None:  # fmt: skip
         self.prompts, self.sft, self.judge_model, self.tokenizer = prompts, sft, judge_model, tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.sft_answers = answer(sft, tokenizer, prompts, max_new_tokens)
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature  # both sides sample at it
+        self.sft_answers = answer(sft, tokenizer, prompts, max_new_tokens, temperature=temperature)
         self.sft_scores = self._scores(self.sft_answers)
         self.sft_verdicts = self._verdicts(self.sft_answers)
 
@@ -366,7 +371,8 @@ class Judged:
 
     def measure(self, policy: Transformer) -> tuple[dict[str, Any], list]:
         """Win rate against the SFT policy by the judge, KL to it and the rule's verdicts; and the answers."""
-        answers = answer(policy, self.tokenizer, self.prompts, self.max_new_tokens)
+        t = self.temperature
+        answers = answer(policy, self.tokenizer, self.prompts, self.max_new_tokens, temperature=t)
         metrics = self.measure_answers(answers)
         kl = round(kl_to(policy, self.sft, self.tokenizer, self.prompts, answers), 4)
         return {"win_rate": metrics.pop("win_rate"), "kl": kl, **metrics}, answers

@@ -32,7 +32,7 @@ instructions after the `--eval-prompts` ones, and every round is measured on the
 are on disk is reused, not rerun, when it was made with the same settings: `--rounds 8` after
 `--rounds 5` adds rounds 6 to 8 (`rounds_reused` lists the others, and `seconds` counts only the work
 this command did). Results go to bench/results/align_online.json (DPO) and align_online_ppo.json (PPO),
-which were made after the command behind bench/align.json (see bench/align.py) with
+or to `--results`. Those two were made after the command behind bench/align.json (see bench/align.py) with
 
     python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
         --out demo_out/bench_align --rounds R --steps-per-round 160
@@ -43,7 +43,12 @@ DPO ran with R = 5, then 8, then 10, each adding rounds to the last. bench/resul
 align_online_ppo_rm320.json came from an earlier version of the PPO method whose round reward models
 trained for RM-A's 320 steps whatever their pairs (a fifth of RM-A's passes over its pairs at round 2):
 run with `--rounds 4`, it was stopped in round 3, round 2 having failed (README), and `--rounds 2` then
-judged the two finished rounds.
+judged the two finished rounds. bench/results/align_online_rebuilt.json came from the model rebuilt for
+bench/results/align_rank.json (see bench/align.py), in one command:
+
+    python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
+        --out demo_out/bench_align --rounds 10 --steps-per-round 160 \
+        --results bench/results/align_online_rebuilt.json
 """
 
 import argparse
@@ -192,6 +197,10 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=200, help="held-out instructions to judge")
     parser.add_argument("--select-prompts", type=int, default=200, help="instructions the judge selects on")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    parser.add_argument(
+        "--results", default=None,
+        help="where the record goes (default: bench/results/align_online.json, or align_online_ppo.json)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.rounds < 1 or args.steps_per_round < 1 or args.pairs_per_prompt < 1:
         parser.error("--rounds, --steps-per-round and --pairs-per-prompt must be at least 1")
@@ -261,7 +270,8 @@ def main() -> None:
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "threads": threads,
     }
-    write_text(RESULTS[method], json.dumps(payload, indent=2, default=str) + "\n")
+    results = Path(args.results) if args.results else RESULTS[method]
+    write_text(results, json.dumps(payload, indent=2, default=str) + "\n")
     print(json.dumps(summary, indent=2))
 
 

@@ -1,0 +1,129 @@
+r"""Sampling temperature on the held-out instructions: how far the judge and the rule move when a policy's
+answers are sampled cooler, with no training, to tell what DPO and PPO learnt from what sharper sampling
+gives any policy.
+
+`bench/align.py` samples every policy, the SFT policy included, at temperature 0.7. Here each policy (the
+SFT policy first, then every run or `checkpoints/step-N` directory given) answers the `--eval-prompts`
+held-out instructions of that split at each of `--temperatures` (0 is greedy), with seed = the
+instruction's index, and is judged twice, by the judge (RM-B, never optimised against) and by the rule:
+
+- `against_sft_0.7`: against the SFT policy's answers at 0.7, the comparison `bench/align.py` reports;
+- `against_sft_same`: against the SFT policy's answers at the same temperature, so that a trained
+  policy's gain is measured like for like (left out for the SFT policy, which would meet itself).
+
+`kl_to_sft_0.7` is the KL from the distribution the answers are drawn from to the SFT policy's at 0.7,
+summed exactly over the vocabulary at each answer position and over the answer, averaged over answers:
+Σ_t KL(softmax(z_t / T) ‖ softmax(z_sft,t / 0.7)), the one-hot of the chosen token for T = 0. It is how
+far the sampling moved from the baseline's, which the KL column of the other records (log-ratios of the
+models themselves, at temperature 1) does not say for a change of temperature.
+
+    python bench/align_temperature.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
+        --out demo_out/bench_align --temperatures 0,0.3,0.5,0.7 \
+        demo_out/runs/ppo_rank_k8/checkpoints/step-0002112
+
+Results go to bench/results/align_temperature.json.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align import Judged, answer, checkpoint_policy, parser_with_runs, validation_split
+from forge.align.reward import load_reward_model
+from forge.io import write_text
+from forge.model.io import load_model
+from forge.model.transformer import Transformer
+from forge.runtime import available_cores, set_threads
+from forge.tokenizer.bpe import Tokenizer
+from forge.tokenizer.chat import render
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "align_temperature.json"
+BASE_TEMPERATURE = 0.7  # what every judged policy, and the SFT policy it is judged against, samples at
+
+
+@torch.no_grad()
+def sampling_kl(
+    policy: Transformer, temperature: float, sft: Transformer, tokenizer: Tokenizer, prompts: list,
+    answers: list,
+) -> float:  # fmt: skip
+    """Mean over answers of Σ_t KL(policy at `temperature` ‖ SFT policy at 0.7) at the answer's positions;
+    at temperature 0 the policy's distribution is the one-hot of the token it chose."""
+    total = 0.0
+    for prompt, (_, _, answer_ids) in zip(prompts, answers, strict=True):
+        context = render(tokenizer, prompt, add_generation_prompt=True)[0]
+        ids = torch.tensor([context + answer_ids])
+        start = len(context) - 1
+        log_q = torch.log_softmax(sft(ids[:, :-1])[0, start:].float() / BASE_TEMPERATURE, dim=-1)
+        if temperature == 0:
+            chosen = ids[0, start + 1 :]
+            total += float(-log_q.gather(1, chosen[:, None]).sum())
+        else:
+            log_p = torch.log_softmax(policy(ids[:, :-1])[0, start:].float() / temperature, dim=-1)
+            total += float((log_p.exp() * (log_p - log_q)).sum())
+    return total / max(len(prompts), 1)
+
+
+def main() -> None:
+    parser = parser_with_runs(__doc__)
+    parser.add_argument("policies", nargs="*", help="run directories or checkpoints/step-N directories")
+    parser.add_argument("--temperatures", default="0,0.3,0.5,0.7", help="comma-separated; 0 is greedy")
+    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out instructions to judge")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    args = parser.parse_args()
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError:
+        raise SystemExit(f"--temperatures {args.temperatures!r}: give numbers separated by commas, e.g. "
+                         f"0,0.3,0.7") from None  # fmt: skip
+    if any(t < 0 for t in temperatures):
+        raise SystemExit(f"--temperatures {args.temperatures!r}: a temperature is 0 (greedy) or more")
+    sft_run, out = Path(args.sft), Path(args.out)
+    paths = [Path(p) for p in args.policies]
+    needed = [sft_run, out / "rm_B", *paths]
+    if missing := [str(p) for p in needed if not (p / "model.safetensors").is_file()]:
+        raise SystemExit(f"no model.safetensors in {', '.join(missing)}: give run or checkpoint directories "
+                         f"and a finished bench/align.py --out")  # fmt: skip
+    threads = set_threads(available_cores())
+    start = time.perf_counter()
+    held_out, _ = validation_split(Path(args.data), args.eval_prompts, 0)
+    sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
+    tokenizer = Tokenizer.load(sft_run / "tokenizer")
+    policies = {"sft": sft} | {
+        str(p): checkpoint_policy(p, sft_run) if p.name.startswith("step-") else load_model(p) for p in paths
+    }
+    baselines = {t: Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens, temperature=t)
+                 for t in sorted({*temperatures, BASE_TEMPERATURE})}  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        results[name] = {}
+        for t in temperatures:
+            answers = answer(policy, tokenizer, held_out, args.max_new_tokens, temperature=t)
+            row: dict[str, Any] = {
+                "kl_to_sft_0.7": round(sampling_kl(policy, t, sft, tokenizer, held_out, answers), 4),
+                "against_sft_0.7": baselines[BASE_TEMPERATURE].measure_answers(answers),
+            }
+            if policy is not sft:
+                row["against_sft_same"] = baselines[t].measure_answers(answers)
+            results[name][str(t)] = row
+            brief = {k: row["against_sft_0.7"][k] for k in ("win_rate", "rule_pass_rate", "rule_win_rate")}
+            same = row.get("against_sft_same", {}).get("win_rate")
+            print(f"{name} at {t}: {json.dumps(brief)}, KL {row['kl_to_sft_0.7']}, like for like {same}",
+                  flush=True)  # fmt: skip
+    record = {
+        "note": "policies sampled at other temperatures, judged as bench/align.py judges a policy",
+        "by_policy": results,
+        "sft_at_temperature": {str(t): judged.sft_metrics() for t, judged in baselines.items()},
+        "args": vars(args),
+        "seconds": round(time.perf_counter() - start, 1),
+        "threads": threads,
+    }
+    write_text(RESULTS, json.dumps(record, indent=2) + "\n")
+    print(f"→ {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
