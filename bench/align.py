@@ -192,6 +192,9 @@ def read_sampled(path: Path) -> tuple[list[SampledPair], Counter[str]]:
     return pairs, Counter(head["skipped"])
 
 
+JUDGED_TEMPERATURE = 0.7  # every judged policy, and the SFT policy it is judged against, samples at it
+
+
 @torch.no_grad()
 def answer(
     model: Transformer,
@@ -199,10 +202,10 @@ def answer(
     prompts: list,
     max_new_tokens: int,
     seed_offset: int = 0,
-    temperature: float = 0.7,
+    temperature: float = JUDGED_TEMPERATURE,
 ) -> list[tuple[str, bool, list[int]]]:
-    """(text, ended, answer ids) per prompt, sampled at `temperature` (0.7 for every judged policy; 0 is
-    greedy) with seed = `seed_offset` + the prompt's index."""
+    """(text, ended, answer ids) per prompt, sampled at `temperature` (0 is greedy) with seed =
+    `seed_offset` + the prompt's index."""
     ids = [render(tokenizer, p, add_generation_prompt=True)[0] for p in prompts]
     configs = [
         SamplingConfig(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed_offset + i)
@@ -331,6 +334,11 @@ def checkpoint_policy(checkpoint: Path, base: Path) -> Transformer:
     return model.eval()
 
 
+def load_policy(path: Path, base: Path) -> Transformer:
+    """A run directory's model, or the policy of a `checkpoints/step-N` directory of a run from `base`."""
+    return checkpoint_policy(path, base) if path.name.startswith("step-") else load_model(path)
+
+
 def run_checkpoints(run_dir: Path, base: Path) -> dict[int, Transformer]:
     """Every checkpoint a run kept, by step."""
     return {
@@ -344,7 +352,7 @@ class Judged:
     (a reward model never optimised against) and by the rule."""
 
     def __init__(self, prompts: list, sft: Transformer, judge_model: RewardModel, tokenizer: Tokenizer,
-                 max_new_tokens: int, temperature: float = 0.7) -> None:  # fmt: skip
+                 max_new_tokens: int, temperature: float = JUDGED_TEMPERATURE) -> None:  # fmt: skip
         self.prompts, self.sft, self.judge_model, self.tokenizer = prompts, sft, judge_model, tokenizer
         self.max_new_tokens, self.temperature = max_new_tokens, temperature  # both sides sample at it
         self.sft_answers = answer(sft, tokenizer, prompts, max_new_tokens, temperature=temperature)

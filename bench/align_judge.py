@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from align import Judged, checkpoint_policy, parser_with_runs, select, validation_split
+from align import Judged, load_policy, parser_with_runs, select, validation_split
 from forge.align.formats import read_prompts
 from forge.align.reward import load_reward_model
 from forge.io import write_text
@@ -86,10 +86,7 @@ def main() -> None:
     held_out, selection_prompts = validation_split(Path(args.data), args.eval_prompts, args.select_prompts)
     sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
     tokenizer = Tokenizer.load(sft_run / "tokenizer")
-    candidates = {
-        str(path): checkpoint_policy(path, sft_run) if path.name.startswith("step-") else load_model(path)
-        for path in paths
-    }
+    candidates = {str(path): load_policy(path, sft_run) for path in paths}
     if args.average:
         name = f"average of {len(paths)}: {', '.join(map(str, paths))}"
         candidates = {name: averaged(list(candidates.values()))}

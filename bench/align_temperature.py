@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from align import Judged, answer, checkpoint_policy, parser_with_runs, validation_split
+from align import JUDGED_TEMPERATURE, Judged, answer, load_policy, parser_with_runs, validation_split
 from forge.align.reward import load_reward_model
 from forge.io import write_text
 from forge.model.io import load_model
@@ -42,7 +42,6 @@ from forge.tokenizer.chat import render
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "align_temperature.json"
-BASE_TEMPERATURE = 0.7  # what every judged policy, and the SFT policy it is judged against, samples at
 
 
 @torch.no_grad()
@@ -57,7 +56,7 @@ def sampling_kl(
         context = render(tokenizer, prompt, add_generation_prompt=True)[0]
         ids = torch.tensor([context + answer_ids])
         start = len(context) - 1
-        log_q = torch.log_softmax(sft(ids[:, :-1])[0, start:].float() / BASE_TEMPERATURE, dim=-1)
+        log_q = torch.log_softmax(sft(ids[:, :-1])[0, start:].float() / JUDGED_TEMPERATURE, dim=-1)
         if temperature == 0:
             chosen = ids[0, start + 1 :]
             total += float(-log_q.gather(1, chosen[:, None]).sum())
@@ -92,19 +91,20 @@ def main() -> None:
     held_out, _ = validation_split(Path(args.data), args.eval_prompts, 0)
     sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
     tokenizer = Tokenizer.load(sft_run / "tokenizer")
-    policies = {"sft": sft} | {
-        str(p): checkpoint_policy(p, sft_run) if p.name.startswith("step-") else load_model(p) for p in paths
-    }
+    policies = {"sft": sft} | {str(p): load_policy(p, sft_run) for p in paths}
     baselines = {t: Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens, temperature=t)
-                 for t in sorted({*temperatures, BASE_TEMPERATURE})}  # fmt: skip
+                 for t in sorted({*temperatures, JUDGED_TEMPERATURE})}  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
         results[name] = {}
         for t in temperatures:
-            answers = answer(policy, tokenizer, held_out, args.max_new_tokens, temperature=t)
+            answers = (  # the SFT policy's answers at t are its baseline's, same seeds
+                baselines[t].sft_answers if policy is sft
+                else answer(policy, tokenizer, held_out, args.max_new_tokens, temperature=t)
+            )  # fmt: skip
             row: dict[str, Any] = {
                 "kl_to_sft_0.7": round(sampling_kl(policy, t, sft, tokenizer, held_out, answers), 4),
-                "against_sft_0.7": baselines[BASE_TEMPERATURE].measure_answers(answers),
+                "against_sft_0.7": baselines[JUDGED_TEMPERATURE].measure_answers(answers),
             }
             if policy is not sft:
                 row["against_sft_same"] = baselines[t].measure_answers(answers)
