@@ -17,11 +17,19 @@ summed exactly over the vocabulary at each answer position and over the answer, 
 far the sampling moved from the baseline's, which the KL column of the other records (log-ratios of the
 models themselves, at temperature 1) does not say for a change of temperature.
 
+With `--select-prompts N` the judge also chooses each trained policy's temperature before any held-out
+answer is sampled: on the N selection instructions after the held-out ones (those on which
+`bench/align.py` chooses checkpoints), the policy at each temperature is judged against the SFT policy at
+the same temperature, and the temperature it wins most often at is chosen (the higher one on a tie, the
+lesser sharpening). `chosen` gives, per policy, that temperature, the selection table, and the held-out
+numbers at it, like for like: the judge's win rate, the rule's pass rate beside the SFT policy's at that
+temperature, and the rule's head-to-head verdict.
+
     python bench/align_temperature.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
         --out demo_out/bench_align --temperatures 0,0.3,0.5,0.7 \
         demo_out/runs/ppo_rank_k8/checkpoints/step-0002112
 
-Results go to bench/results/align_temperature.json.
+Results go to bench/results/align_temperature.json, or `--results`.
 """
 
 import json
@@ -32,7 +40,7 @@ from typing import Any
 import torch
 
 from align import JUDGED_TEMPERATURE, Judged, answer, load_policy, parser_with_runs, validation_split
-from forge.align.reward import load_reward_model
+from forge.align.reward import RewardModel, load_reward_model
 from forge.io import write_text
 from forge.model.io import load_model
 from forge.model.transformer import Transformer
@@ -66,12 +74,44 @@ def sampling_kl(
     return total / max(len(prompts), 1)
 
 
+def choose_temperatures(
+    policies: dict[str, Transformer], prompts: list, temperatures: list[float], judge_model: RewardModel,
+    tokenizer: Tokenizer, max_new_tokens: int,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per trained policy (the first, the SFT policy, is the baseline), the temperature at which the judge
+    prefers its answers to the SFT policy's at the same temperature most often on `prompts` (the higher
+    one on a tie), with every temperature's numbers there; nothing without prompts."""
+    if not prompts:
+        return {}
+    sft = next(iter(policies.values()))
+    baselines = {t: Judged(prompts, sft, judge_model, tokenizer, max_new_tokens, temperature=t)
+                 for t in temperatures}  # fmt: skip
+    chosen: dict[str, dict[str, Any]] = {}
+    for name, policy in list(policies.items())[1:]:
+        table = {}
+        for t in temperatures:
+            answers = answer(policy, tokenizer, prompts, max_new_tokens, temperature=t)
+            metrics = baselines[t].measure_answers(answers)
+            table[str(t)] = {k: v for k, v in metrics.items() if k != "failed_checks"}
+            print(f"selection, {name} at {t} like for like: {json.dumps(table[str(t)])}", flush=True)
+        best = max(temperatures, key=lambda t: (table[str(t)]["win_rate"], t))
+        chosen[name] = {"temperature": best, "selection": table}
+        print(f"selection: {name} is judged at temperature {best}", flush=True)
+    return chosen
+
+
 def main() -> None:
     parser = parser_with_runs(__doc__)
     parser.add_argument("policies", nargs="*", help="run directories or checkpoints/step-N directories")
     parser.add_argument("--temperatures", default="0,0.3,0.5,0.7", help="comma-separated; 0 is greedy")
     parser.add_argument("--eval-prompts", type=int, default=200, help="held-out instructions to judge")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit")
+    parser.add_argument(
+        "--select-prompts", type=int, default=0,
+        help="instructions after the held-out ones on which the judge chooses each policy's temperature, "
+        "like for like (0: no choice)",
+    )  # fmt: skip
+    parser.add_argument("--results", default=str(RESULTS), help="where the record goes")
     args = parser.parse_args()
     try:
         temperatures = [float(t) for t in args.temperatures.split(",")]
@@ -88,10 +128,13 @@ def main() -> None:
                          f"and a finished bench/align.py --out")  # fmt: skip
     threads = set_threads(available_cores())
     start = time.perf_counter()
-    held_out, _ = validation_split(Path(args.data), args.eval_prompts, 0)
+    held_out, selection = validation_split(Path(args.data), args.eval_prompts, args.select_prompts)
     sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
     tokenizer = Tokenizer.load(sft_run / "tokenizer")
     policies = {"sft": sft} | {str(p): load_policy(p, sft_run) for p in paths}
+    chosen = choose_temperatures(
+        policies, selection, temperatures, judge_model, tokenizer, args.max_new_tokens
+    )
     baselines = {t: Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens, temperature=t)
                  for t in sorted({*temperatures, JUDGED_TEMPERATURE})}  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
@@ -113,16 +156,23 @@ def main() -> None:
             same = row.get("against_sft_same", {}).get("win_rate")
             print(f"{name} at {t}: {json.dumps(brief)}, KL {row['kl_to_sft_0.7']}, like for like {same}",
                   flush=True)  # fmt: skip
+    for name, choice in chosen.items():
+        choice["held_out"] = held = results[name][str(choice["temperature"])]["against_sft_same"]
+        sft_pass = baselines[choice["temperature"]].sft_metrics()["rule_pass_rate"]
+        print(f"{name}, chosen temperature {choice['temperature']}: judge {held['win_rate']} like for like, "
+              f"rule pass rate {held['rule_pass_rate']} (SFT {sft_pass}), rule head-to-head "
+              f"{held['rule_win_rate']}", flush=True)  # fmt: skip
     record = {
         "note": "policies sampled at other temperatures, judged as bench/align.py judges a policy",
+        "chosen": chosen,
         "by_policy": results,
         "sft_at_temperature": {str(t): judged.sft_metrics() for t, judged in baselines.items()},
         "args": vars(args),
         "seconds": round(time.perf_counter() - start, 1),
         "threads": threads,
     }
-    write_text(RESULTS, json.dumps(record, indent=2) + "\n")
-    print(f"→ {RESULTS}")
+    write_text(Path(args.results), json.dumps(record, indent=2) + "\n")
+    print(f"→ {args.results}")
 
 
 if __name__ == "__main__":
