@@ -41,8 +41,11 @@ candidate's held-out numbers.
 
     python bench/align.py [--sft demo_out/runs/sft] [--data demo_out/sft] [--prompts 600]
 
-bench/results/align.json was made on the demo's data (`make demo`) with the demo's pretraining and
-fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 and fine-tuned further:
+bench/results/align.json was made on the demo's data (`make demo`) by the three commands below, the
+demo's pretraining and fine-tuning (bench/demo.py) pretrained for 36 minutes instead of 12 and fine-tuned
+further, run a third time for a fresh model, and by the bench's command after them. Then
+bench/align_temperature.py --select-prompts judged each chosen policy at the temperature the judge chose
+for it (bench/results/align_temperature_chosen.json; its command is in that script's docstring):
 
     forge pretrain --preset small --data demo_out/tokens --tokenizer demo_out/tokenizer \
         --out demo_out/runs/long --max-minutes 36 --max-steps 100000 --model.context-length 256 \
@@ -55,11 +58,18 @@ fine-tuning commands (bench/demo.py), pretrained for 36 minutes instead of 12 an
         --lr 1e-3 --max-steps 1100 --batch-size 8
     python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align \
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
+        --reward-steps 320 --likelihood --dpo-pairs rule --dpo-steps 480 --ppo-steps 2112 \
+        --ppo-kl-coef 0.03 --ppo-rollout-batch 8 --ppo-samples-per-prompt 8 --ppo-group-reward rank
+
+bench/results/align_first.json, the first model's run (written as align.json), was made by the same three
+commands and
+
+    python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align \
+        --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
         --reward-steps 320 --likelihood --dpo-pairs rule,reward --dpo-steps 480 --ppo-steps 384
 
 bench/results/align_rank.json came from a model rebuilt by the same three commands (2,612 steps in its 36
-minutes) and a run whose PPO pays ranks; it was written in align.json's place and moved, and the first
-model's align.json restored:
+minutes) and a run whose PPO pays ranks; it was written in align.json's place and moved:
 
     python bench/align.py --sft demo_out/runs/long_sft_long --out demo_out/bench_align \
         --prompts 3000 --pairs-per-prompt 2 --eval-prompts 200 --select-prompts 200 --checkpoints 4 \
@@ -67,7 +77,7 @@ model's align.json restored:
         --ppo-kl-coef 0.03 --ppo-rollout-batch 16 --ppo-samples-per-prompt 4 --ppo-group-reward rank
 
 bench/results/align_likelihood.json and align_last_token.json came from an earlier model made by the same
-three commands (its 36 minutes reached a held-out loss of 2.88; align.json's model, 2,755 steps at a
+three commands (its 36 minutes reached a held-out loss of 2.88; align_first.json's model, 2,755 steps at a
 throughput that fell from 4,400 to 2,200 tokens/s during the run, 3.11) and the bench before
 --select-prompts:
 

@@ -32,7 +32,8 @@ instructions after the `--eval-prompts` ones, and every round is measured on the
 are on disk is reused, not rerun, when it was made with the same settings: `--rounds 8` after
 `--rounds 5` adds rounds 6 to 8 (`rounds_reused` lists the others, and `seconds` counts only the work
 this command did). Results go to bench/results/align_online.json (DPO) and align_online_ppo.json (PPO),
-or to `--results`. Those two were made after the command behind bench/align.json (see bench/align.py) with
+or to `--results`. Those two were made after the command behind bench/align_first.json (see bench/align.py)
+with
 
     python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
         --out demo_out/bench_align --rounds R --steps-per-round 160

@@ -157,8 +157,9 @@ def main() -> None:
             print(f"{name} at {t}: {json.dumps(brief)}, KL {row['kl_to_sft_0.7']}, like for like {same}",
                   flush=True)  # fmt: skip
     for name, choice in chosen.items():
-        choice["held_out"] = held = results[name][str(choice["temperature"])]["against_sft_same"]
-        sft_pass = baselines[choice["temperature"]].sft_metrics()["rule_pass_rate"]
+        t = choice["temperature"]
+        choice["held_out"] = held = results[name][str(t)]["against_sft_same"]
+        choice["rule_pass_rate_sft"] = sft_pass = baselines[t].sft_metrics()["rule_pass_rate"]
         print(f"{name}, chosen temperature {choice['temperature']}: judge {held['win_rate']} like for like, "
               f"rule pass rate {held['rule_pass_rate']} (SFT {sft_pass}), rule head-to-head "
               f"{held['rule_win_rate']}", flush=True)  # fmt: skip
