@@ -29,7 +29,14 @@ temperature, and the rule's head-to-head verdict.
         --out demo_out/bench_align --temperatures 0,0.3,0.5,0.7 \
         demo_out/runs/ppo_rank_k8/checkpoints/step-0002112
 
-Results go to bench/results/align_temperature.json, or `--results`.
+Results go to bench/results/align_temperature.json, or `--results`. align_temperature_chosen.json came
+from the checkpoints bench/align.py chose in the run behind bench/results/align.json:
+
+    python bench/align_temperature.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
+        --out demo_out/bench_align --temperatures 0,0.3,0.5,0.7 --select-prompts 200 \
+        --results bench/results/align_temperature_chosen.json \
+        demo_out/bench_align/dpo_rule/checkpoints/step-0000360 \
+        demo_out/bench_align/ppo/checkpoints/step-0001584
 """
 
 import json
