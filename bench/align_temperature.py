@@ -82,19 +82,18 @@ def sampling_kl(
 
 
 def choose_temperatures(
-    policies: dict[str, Transformer], prompts: list, temperatures: list[float], judge_model: RewardModel,
-    tokenizer: Tokenizer, max_new_tokens: int,
+    sft: Transformer, trained: dict[str, Transformer], prompts: list, temperatures: list[float],
+    judge_model: RewardModel, tokenizer: Tokenizer, max_new_tokens: int,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Per trained policy (the first, the SFT policy, is the baseline), the temperature at which the judge
-    prefers its answers to the SFT policy's at the same temperature most often on `prompts` (the higher
-    one on a tie), with every temperature's numbers there; nothing without prompts."""
+    """Per trained policy, the temperature at which the judge prefers its answers to the SFT policy's at
+    the same temperature most often on `prompts` (the higher one on a tie), with every temperature's
+    numbers there; nothing without prompts."""
     if not prompts:
         return {}
-    sft = next(iter(policies.values()))
     baselines = {t: Judged(prompts, sft, judge_model, tokenizer, max_new_tokens, temperature=t)
                  for t in temperatures}  # fmt: skip
     chosen: dict[str, dict[str, Any]] = {}
-    for name, policy in list(policies.items())[1:]:
+    for name, policy in trained.items():
         table = {}
         for t in temperatures:
             answers = answer(policy, tokenizer, prompts, max_new_tokens, temperature=t)
@@ -139,8 +138,9 @@ def main() -> None:
     sft, judge_model = load_model(sft_run), load_reward_model(out / "rm_B")
     tokenizer = Tokenizer.load(sft_run / "tokenizer")
     policies = {"sft": sft} | {str(p): load_policy(p, sft_run) for p in paths}
+    trained = {name: policy for name, policy in policies.items() if policy is not sft}
     chosen = choose_temperatures(
-        policies, selection, temperatures, judge_model, tokenizer, args.max_new_tokens
+        sft, trained, selection, temperatures, judge_model, tokenizer, args.max_new_tokens
     )
     baselines = {t: Judged(held_out, sft, judge_model, tokenizer, args.max_new_tokens, temperature=t)
                  for t in sorted({*temperatures, JUDGED_TEMPERATURE})}  # fmt: skip
@@ -167,7 +167,7 @@ def main() -> None:
         t = choice["temperature"]
         choice["held_out"] = held = results[name][str(t)]["against_sft_same"]
         choice["rule_pass_rate_sft"] = sft_pass = baselines[t].sft_metrics()["rule_pass_rate"]
-        print(f"{name}, chosen temperature {choice['temperature']}: judge {held['win_rate']} like for like, "
+        print(f"{name}, chosen temperature {t}: judge {held['win_rate']} like for like, "
               f"rule pass rate {held['rule_pass_rate']} (SFT {sft_pass}), rule head-to-head "
               f"{held['rule_win_rate']}", flush=True)  # fmt: skip
     record = {
