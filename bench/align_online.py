@@ -50,6 +50,18 @@ bench/results/align_rank.json (see bench/align.py), in one command:
     python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
         --out demo_out/bench_align --rounds 10 --steps-per-round 160 \
         --results bench/results/align_online_rebuilt.json
+
+On the model behind bench/results/align.json (the third build), online DPO is the bench's DPO, to a
+protocol fixed before it ran: the same ten rounds, in one command,
+
+    python bench/align_online.py --sft demo_out/runs/long_sft_long --data demo_out/sft \
+        --out demo_out/bench_align --rounds 10 --steps-per-round 160 \
+        --results bench/results/align_online_third.json
+
+then the judge's round (chosen on the selection instructions, as above) fills align.json's `dpo_*`
+summary fields whatever it scores, the offline run's numbers staying beside them as `dpo_offline_*`.
+DPO counts as reaching the target when that round wins at least 70% of the held-out instructions and
+the rule confirms the gain (its pass rate above the SFT policy's, and its head-to-head above one half).
 """
 
 import argparse
