@@ -62,6 +62,7 @@ then the judge's round (chosen on the selection instructions, as above) fills al
 summary fields whatever it scores, the offline run's numbers staying beside them as `dpo_offline_*`.
 DPO counts as reaching the target when that round wins at least 70% of the held-out instructions and
 the rule confirms the gain (its pass rate above the SFT policy's, and its head-to-head above one half).
+The record bench/results/align_online_third.json was folded into align.json by bench/align_fold.py.
 """
 
 import argparse
