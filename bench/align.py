@@ -46,9 +46,9 @@ demo's pretraining and fine-tuning (bench/demo.py) pretrained for 36 minutes ins
 further, run a third time for a fresh model, and by the bench's command after them. Then
 bench/align_temperature.py --select-prompts judged each chosen policy at the temperature the judge chose
 for it (bench/results/align_temperature_chosen.json; its command is in that script's docstring), and
-bench/align_online.py ran ten rounds of online DPO on the same model, whose round the judge chose
-bench/align_fold.py then made the record's DPO, the offline run's numbers kept as `dpo_offline_*` (the
-protocol, fixed before the rounds ran, is in bench/align_online.py; both commands are in the docstrings):
+bench/align_online.py ran ten rounds of online DPO on the same model; bench/align_fold.py then made the
+round the judge chose the record's DPO, the offline run's numbers kept as `dpo_offline_*` (the protocol,
+fixed before the rounds ran, and both commands are in those two scripts' docstrings):
 
     forge pretrain --preset small --data demo_out/tokens --tokenizer demo_out/tokenizer \
         --out demo_out/runs/long --max-minutes 36 --max-steps 100000 --model.context-length 256 \
