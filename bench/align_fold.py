@@ -17,13 +17,13 @@ from typing import Any
 
 from forge.io import write_text
 
-OFFLINE = {  # align.json's summary field → its name once the online round takes its place
-    "dpo_win_rate": "dpo_offline_win_rate",
-    "dpo_kl": "dpo_offline_kl",
-    "rule_pass_rate_dpo": "dpo_offline_rule_pass_rate",
-    "rule_score_dpo": "dpo_offline_rule_score",
-    "rule_win_rate_dpo": "dpo_offline_rule_win_rate",
-    "dpo_policy": "dpo_offline_policy",
+FIELDS = {  # align.json's summary field: (the held-out metric it takes, its name for the offline run's)
+    "dpo_win_rate": ("win_rate", "dpo_offline_win_rate"),
+    "dpo_kl": ("kl", "dpo_offline_kl"),
+    "rule_pass_rate_dpo": ("rule_pass_rate", "dpo_offline_rule_pass_rate"),
+    "rule_score_dpo": ("rule_score", "dpo_offline_rule_score"),
+    "rule_win_rate_dpo": ("rule_win_rate", "dpo_offline_rule_win_rate"),
+    "dpo_policy": (None, "dpo_offline_policy"),
 }
 
 
@@ -43,17 +43,11 @@ def fold(online: dict[str, Any], bench: dict[str, Any], online_path: str) -> dic
     """`bench` with `online`'s chosen round as its DPO (a new dict; neither argument changes)."""
     chosen = online["summary"]["dpo_policy"]
     held = online["held_out_by_candidate"][chosen]
-    summary = {key: value for key, value in bench["summary"].items() if key not in OFFLINE}
-    summary |= {
-        "dpo_win_rate": held["win_rate"],
-        "dpo_kl": held["kl"],
-        "rule_pass_rate_dpo": held["rule_pass_rate"],
-        "rule_score_dpo": held["rule_score"],
-        "rule_win_rate_dpo": held["rule_win_rate"],
-        "dpo_policy": chosen,
-        "dpo_method": "online: {rounds} rounds of {steps_per_round} steps".format(**online["args"]),
-    }
-    summary |= {OFFLINE[key]: bench["summary"][key] for key in OFFLINE if key in bench["summary"]}
+    offline = bench["summary"]
+    summary = {key: value for key, value in offline.items() if key not in FIELDS}
+    summary |= {key: held[metric] if metric else chosen for key, (metric, _) in FIELDS.items()}
+    summary["dpo_method"] = "online: {rounds} rounds of {steps_per_round} steps".format(**online["args"])
+    summary |= {renamed: offline[key] for key, (_, renamed) in FIELDS.items() if key in offline}
     section = {
         "record": online_path,
         "chosen": chosen,
@@ -64,6 +58,16 @@ def fold(online: dict[str, Any], bench: dict[str, Any], online_path: str) -> dic
     return bench | {"summary": summary, "online_dpo": section}
 
 
+def read_record(path: str) -> dict[str, Any]:
+    """A bench record, or a clear exit when it is missing or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path} not found: give the path of a bench/results record") from None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{path}, line {error.lineno}: not JSON ({error.msg})") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,7 +75,7 @@ def main() -> None:
     parser.add_argument("online", help="the record of bench/align_online.py --method dpo")
     parser.add_argument("bench", help="the record of bench/align.py on the same model (rewritten)")
     args = parser.parse_args()
-    online, bench = (json.loads(Path(p).read_text()) for p in (args.online, args.bench))
+    online, bench = (read_record(p) for p in (args.online, args.bench))
     if "dpo_policy" not in online["summary"]:
         raise SystemExit(f"{args.online} is not an online DPO record (its summary has no dpo_policy)")
     if "online_dpo" in bench:
